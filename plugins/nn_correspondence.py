@@ -1,0 +1,123 @@
+"""Correspondence stage ``nn``: nearest-neighbour token fields (ALGORITHM.md section 5).
+
+For every timestep, self-attention layer and frame: the reference keyframes of the frame, and for
+each of its tokens the most similar token (cosine similarity of the source-branch norm1 tokens)
+of each reference keyframe. Computed once, on the source video's features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tokenflow import CORRESPONDENCE, FEATURES, KEYFRAMES, Params, StageBase, StageContext, hookimpl
+from tokenflow.cache.store import create_array, write_coord
+from tokenflow.layouts import FeatureReader
+from tokenflow.stages import FRAME, LAYER, REF, TIMESTEP, TOKEN
+
+
+@dataclass(frozen=True)
+class NNParams(Params):
+    """``references``: ``chunk`` = [keyframe of the frame's chunk, keyframe of the previous
+    chunk] (the released blending); ``nearest`` = [nearest keyframe at or before the frame,
+    nearest after it] (the paper's linear blending). Set by the blender."""
+
+    references: Literal["chunk", "nearest"] = "chunk"
+
+
+def reference_frames(keyframes: np.ndarray, n_frames: int, batch_size: int, mode: str) -> np.ndarray:
+    """(N, 2) reference keyframes of every frame for one timestep's ``keyframes`` (K,).
+
+    A frame that reads from a single keyframe gets it twice.
+    """
+    kf = np.asarray(keyframes, dtype=np.int64)
+    frames = np.arange(n_frames)
+    if mode == "chunk":
+        chunk = frames // batch_size
+        return np.stack([kf[chunk], kf[np.maximum(chunk - 1, 0)]], axis=1)
+    if mode == "nearest":
+        order = np.sort(kf)
+        after = np.searchsorted(order, frames, side="right")  # first keyframe > f
+        prev = order[np.clip(after - 1, 0, len(order) - 1)]
+        nxt = order[np.clip(after, 0, len(order) - 1)]
+        prev = np.where(prev > frames, nxt, prev)   # before the first keyframe
+        nxt = np.where(nxt <= frames, prev, nxt)    # at or after the last keyframe
+        return np.stack([prev, nxt], axis=1)
+    raise ValueError(f"unknown reference mode {mode!r}")
+
+
+def nearest_tokens(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """For each token of ``frames`` (F, S, C), the index of the most cosine-similar token of
+    ``reference`` (S', C): (F, S) int64."""
+    a = F.normalize(frames, dim=-1)
+    b = F.normalize(reference, dim=-1)
+    return torch.matmul(a, b.transpose(0, 1)).argmax(dim=-1)
+
+
+class NNCorrespondence(StageBase):
+    kind = CORRESPONDENCE
+    name = "nn"
+    version = 1
+    requires = (FEATURES, KEYFRAMES)
+    reads_config = ("steps", "batch_size")
+    Params = NNParams
+    summary = "nearest-neighbour token fields of the source video to the reference keyframes"
+
+    def estimate_bytes(self, ctx: StageContext) -> int:
+        from tokenflow.layouts import layer_shapes
+
+        n, h, w = ctx.frames.shape[:3]
+        f = ctx.model.vae_scale_factor
+        shapes = layer_shapes(ctx.model.unet, (h // f, w // f))
+        tokens = sum(s[0] for p, s in shapes.items() if p.endswith(".attn1"))
+        return 4 * 2 * n * ctx.config.steps * tokens
+
+    def run(self, ctx: StageContext) -> None:
+        feats = FeatureReader(ctx.inputs[FEATURES])
+        keyframes = np.asarray(ctx.inputs[KEYFRAMES]["keyframes"][...])
+        steps, n = len(feats.timesteps), int(ctx.inputs[FEATURES][feats.groups[feats.layers[0]]]["tokens"].shape[1])
+        refs = np.stack([reference_frames(keyframes[i], n, ctx.config.batch_size,
+                                          self.params.references) for i in range(steps)])
+        out = ctx.output
+        write_coord(out, TIMESTEP, feats.timesteps)
+        write_coord(out, FRAME, range(n))
+        write_coord(out, REF, [0, 1])
+        create_array(out, "reference", dims=(TIMESTEP, FRAME, REF), data=refs)
+        arrays = {}
+        for gname in sorted(set(feats.groups[layer] for layer in feats.layers)):
+            members = [layer for layer in feats.layers if feats.groups[layer] == gname]
+            tokens = int(ctx.inputs[FEATURES][gname]["tokens"].shape[3])
+            g = out.require_group(gname)
+            write_coord(g, TIMESTEP, feats.timesteps)
+            write_coord(g, FRAME, range(n))
+            write_coord(g, LAYER, members)
+            write_coord(g, REF, [0, 1])
+            arr = create_array(g, "index", dims=(TIMESTEP, FRAME, LAYER, REF, TOKEN),
+                               shape=(steps, n, len(members), 2, tokens), dtype="int32",
+                               chunks=(1, n, 1, 2, tokens))
+            for j, layer in enumerate(members):
+                arrays[layer] = (arr, j)
+        out.attrs["groups"] = {layer: feats.groups[layer] for layer in feats.layers}
+        device = ctx.model.device
+        every = list(range(n))
+        with torch.no_grad(), ctx.bar(steps * len(feats.layers), "correspondence") as bar:
+            for i in range(steps):
+                for layer in feats.layers:
+                    x = feats.tokens(i, layer, every).to(device)
+                    index = np.empty((n, 2, x.shape[1]), dtype=np.int32)
+                    for r in range(2):
+                        for key in np.unique(refs[i, :, r]):
+                            members = np.flatnonzero(refs[i, :, r] == key)
+                            index[members, r] = nearest_tokens(x[members], x[int(key)]).cpu().numpy()
+                    arr, j = arrays[layer]
+                    arr[i, :, j] = index
+                    bar.update(1)
+
+
+@hookimpl
+def register_correspondences(register):
+    register(NNCorrespondence)

@@ -1,0 +1,104 @@
+"""Blender ``tokenflow``: propagate the keyframes' edited tokens to every frame (ALGORITHM.md 6).
+
+Per timestep, one UNet call per chunk in which every self-attention layer returns, in each
+branch, the keyframe outputs gathered through the correspondences and blended:
+``out = w T1 + (1 - w) T2``; the block then continues normally. A DDIM step follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from tokenflow import BLENDER, CORRESPONDENCE, Params, StageBase, StageError, hookimpl
+from tokenflow.loop import EditStep
+
+
+@dataclass(frozen=True)
+class TokenFlowBlendParams(Params):
+    """``weights``: ``reference`` (released: sigmoid of distances to the chunk centres, reading
+    from this chunk's and the previous chunk's keyframes) or ``linear`` (the paper: linear
+    interpolation between the nearest keyframes before and after the frame)."""
+
+    weights: Literal["reference", "linear"] = "reference"
+
+
+def blend_weights(frames, references: np.ndarray, batch_size: int, mode: str) -> np.ndarray:
+    """Weight of the first reference keyframe (T1) for each frame; the second gets 1 - w."""
+    frames = np.asarray(frames, dtype=np.float64)
+    if mode == "reference":
+        chunk = np.floor(frames / batch_size)
+        p1 = chunk * batch_size + batch_size // 2
+        p2 = (chunk - 1) * batch_size + batch_size // 2
+        d1, d2 = np.abs(frames - p1), np.abs(frames - p2)
+        w = 1.0 / (1.0 + np.exp(-(d2 / (d1 + d2))))
+        return np.where(chunk == 0, 1.0, w)
+    if mode == "linear":
+        prev = references[:, 0].astype(np.float64)
+        nxt = references[:, 1].astype(np.float64)
+        span = nxt - prev
+        safe = np.where(span == 0, 1.0, span)
+        return np.where(span == 0, 1.0, (nxt - frames) / safe)
+    raise ValueError(f"unknown weights {mode!r}")
+
+
+def gather(tokens: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, w: torch.Tensor):
+    """Blend keyframe tokens (nb, K, S, C) into frames: slots (F, 2), index (F, 2, S), w (F,).
+
+    Returns (nb * F, S, C), branch-major.
+    """
+    t1 = tokens[:, slots[:, 0, None], index[:, 0]]
+    t2 = tokens[:, slots[:, 1, None], index[:, 1]]
+    w = w.to(tokens.dtype)[None, :, None, None]
+    out = w * t1 + (1 - w) * t2
+    return out.reshape(-1, *out.shape[2:])
+
+
+class TokenFlowBlender(StageBase):
+    kind = BLENDER
+    name = "tokenflow"
+    version = 1
+    requires = (CORRESPONDENCE,)
+    reads_config = ("steps", "batch_size")
+    Params = TokenFlowBlendParams
+    summary = "TokenFlow propagation: gather keyframe tokens by NN fields, blend, DDIM step"
+
+    def upstream_params(self, config) -> dict:
+        refs = "chunk" if self.params.weights == "reference" else "nearest"
+        return {CORRESPONDENCE: {"references": refs}}
+
+    def blend_step(self, step: EditStep, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        run = step.run
+        corr = run.correspondence
+        if corr is None:
+            raise StageError("the tokenflow blender needs a correspondence store")
+        slot_of = {f: j for j, f in enumerate(step.keyframes)}
+        new = torch.empty_like(step.latents)
+        device = step.latents.device
+        for frames in run.chunks():
+            refs = corr.references(step.index, frames)
+            try:
+                slots = torch.tensor([[slot_of[int(r)] for r in row] for row in refs], device=device)
+            except KeyError as exc:
+                raise StageError(f"reference frame {exc} is not a keyframe of this step") from None
+            w = torch.from_numpy(blend_weights(frames, refs, run.batch_size, self.params.weights))
+            w = w.to(device)
+
+            def provide(layer: str, frames=frames, slots=slots, w=w) -> torch.Tensor | None:
+                if layer not in tokens:
+                    return None
+                index = corr.index(step.index, layer, frames).to(device)
+                return gather(tokens[layer], slots, index, w)
+
+            x = step.latents[frames]
+            output = run.editor.predict(step, frames, x, provide=provide)
+            new[frames] = step.ddim(output, x)
+        return new
+
+
+@hookimpl
+def register_blenders(register):
+    register(TokenFlowBlender)

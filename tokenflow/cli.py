@@ -1,0 +1,332 @@
+"""The ``tf`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .stages import KINDS, ParamError, StageError, param_fields, type_label
+
+CACHE_ENV = "TOKENFLOW_CACHE_DIR"
+
+
+def _setup_threads() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _cache_dir(value: str | None) -> Path:
+    return Path(value or os.environ.get(CACHE_ENV) or "cache")
+
+
+def _manager_and_registry():
+    from .manager import PluginLoadError, make_plugin_manager
+    from .registry import RegistryError, build_registry
+
+    try:
+        pm = make_plugin_manager()
+        return pm, build_registry(pm)
+    except (PluginLoadError, RegistryError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text, err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tokenflow")
+def cli() -> None:
+    """tokenflow: consistent text-driven video editing with a frozen diffusion model."""
+
+
+def common_input_options(f):
+    options = [
+        click.option("--model", "model", default=None, metavar="M",
+                     help="Diffusers SD checkpoint: a local directory or a hub id. "
+                          "Default: the built-in model."),
+        click.option("--revision", default=None, help="Hub revision of --model."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)."),
+        click.option("--dtype", default=None, help="float32 or float16 (default: float16 on CUDA, else float32)."),
+        click.option("--inversion-prompt", default=None, help='Describes the source video (default "").'),
+        click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
+                     help="Editing (denoising) steps."),
+        click.option("--inversion-steps", default=None, type=click.IntRange(1, 1000),
+                     help="DDIM inversion steps (default 500; a multiple of --steps)."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+                     help="Frames per chunk (one keyframe per chunk per step)."),
+        click.option("--frames", "n_frames", default=None, type=click.IntRange(1),
+                     help="Use at most N frames."),
+        click.option("--stride", default=1, show_default=True, type=click.IntRange(1),
+                     help="Use every K-th frame."),
+        click.option("--size", default=None,
+                     help="Short side S, or WxH; rounded to multiples of 64 (default: model's native)."),
+        click.option("--cache-dir", default=None, help=f"Stage cache (env {CACHE_ENV}, default ./cache)."),
+        click.option("-o", "options", multiple=True, nargs=2, metavar="KEY VALUE",
+                     help="Set a stage parameter: KIND.PARAM, NAME.PARAM or PARAM."),
+        click.option("--stage", "stage_choices", multiple=True, metavar="KIND=NAME",
+                     help="Use another installed stage for a kind, e.g. keyframes=random."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _parse_choices(pairs) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        kind, sep, name = pair.partition("=")
+        if not sep or kind not in KINDS:
+            raise click.UsageError(f"--stage {pair!r}: expected KIND=NAME with KIND one of {', '.join(KINDS)}")
+        out[kind] = name
+    return out
+
+
+def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, quiet):
+    """Load the model and the video at the working resolution."""
+    from .models import ModelError, load_model, parse_dtype
+    from .video import VideoError, parse_size, read_video, resize_frames, working_size
+
+    try:
+        torch_dtype = parse_dtype(dtype) if dtype else None
+        loaded = load_model(model, device=device, dtype=torch_dtype, revision=revision)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if model is None:
+        _say(quiet, f"note: no --model given; using the {loaded.label}")
+    try:
+        clip = read_video(video, frames=n_frames, stride=stride)
+        requested = parse_size(size) if size else None
+        height, width = working_size(clip.frames.shape[1], clip.frames.shape[2], requested,
+                                     native=loaded.native_size)
+    except VideoError as exc:
+        raise click.ClickException(str(exc)) from None
+    frames = resize_frames(clip.frames, height, width)
+    _say(quiet, f"video: {len(clip)} frames at {clip.fps:g} fps, "
+                f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
+    return loaded, clip, frames
+
+
+def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, params, options,
+               until, quiet, unet_batch=None):
+    from .cache.store import StageCache
+    from .pipeline import Job, compute_keys, plan
+    from .stages import StageContext
+    from .video import frames_hash
+
+    try:
+        stages = plan(registry, config, choices=choices, params=params,
+                      options=[tuple(o) for o in options], until=until)
+    except (ParamError, StageError) as exc:
+        raise click.UsageError(str(exc)) from None
+    keys = compute_keys(stages, model_key=loaded.key, video_hash=frames_hash(frames), config=config)
+    options_rt = {"unet_batch": unet_batch or config.batch_size}
+    base = StageContext(model=loaded, frames=frames, config=config, keys=keys, stages=stages,
+                        cache=StageCache(cache_dir), quiet=quiet, hook=pm.hook, options=options_rt)
+    return Job(pm=pm, stages=stages, keys=keys, base=base)
+
+
+def _run_job(job, quiet: bool) -> dict:
+    pending = job.pending()
+    if pending:
+        _say(quiet, f"cache {job.base.cache.root}: computing {', '.join(pending)}; "
+                    f"about {_human(job.estimate_bytes())} to write")
+    else:
+        _say(quiet, f"cache {job.base.cache.root}: every stage is cached")
+    try:
+        return job.run()
+    except (StageError, ParamError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--prompt", required=True, help="The target prompt.")
+@click.option("--editor", default="pnp", show_default=True, help="Editor stage (see tf stages).")
+@click.option("--negative-prompt", default=None, help="Unconditional branch text.")
+@click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (7.5).")
+@click.option("--seed", default=1, show_default=True, type=int, help="Keyframe draws.")
+@click.option("--out", "out_dir", default=None, help="Output directory (default out/<video name>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output of a different run.")
+@common_input_options
+def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwrite, model,
+        revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size, n_frames,
+        stride, size, cache_dir, options, stage_choices, quiet):
+    """Edit VIDEO to follow --prompt with TokenFlow (inversion, keyframe edit, propagation)."""
+    from .outputs import output_dir_for, write_outputs
+    from .stages import RunConfig
+
+    _setup_threads()
+    start = time.perf_counter()
+    pm, registry = _manager_and_registry()
+    choices = {**_parse_choices(stage_choices), "editor": editor}
+    loaded, clip, frames = _prepare(video, model=model, revision=revision, device=device,
+                                    dtype=dtype, n_frames=n_frames, stride=stride, size=size,
+                                    quiet=quiet)
+    if loaded.prompt_truncated(prompt):
+        _say(quiet, f"note: the prompt is longer than {loaded.tokenizer.model_max_length} tokens "
+                    "and was truncated")
+    config = RunConfig(steps=steps, batch_size=batch_size)
+    params = {
+        "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
+        "keyframes": {"seed": seed},
+        "editor": {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance},
+    }
+    job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
+                     choices=choices, params=params, options=options, until="blender", quiet=quiet)
+    out = Path(out_dir) if out_dir else output_dir_for(video)
+    try:
+        results = _run_job(job, quiet)
+        written = write_outputs(out, job, results, clip, frames, overwrite=overwrite,
+                                seconds=time.perf_counter() - start)
+    except FileExistsError as exc:
+        raise click.ClickException(str(exc)) from None
+    stats = results["blender"].stats
+    if stats and not quiet:
+        per_step = stats["unet_frame_evals"] / max(1, stats["steps"])
+        _say(quiet, f"UNet frame-evaluations per editing step: {per_step:g} "
+                    f"(K={stats['keyframes_per_step']}, N={stats['frames']})")
+    click.echo(str(written))
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--check/--no-check", default=True, show_default=True,
+              help="Regenerate from the inverted noise and report PSNR per frame.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@common_input_options
+def invert(video, check, as_json, model, revision, device, dtype, inversion_prompt, steps,
+           inversion_steps, batch_size, n_frames, stride, size, cache_dir, options,
+           stage_choices, quiet):
+    """Run inversion and the feature store only; report reconstruction PSNR."""
+    from .stages import RunConfig
+
+    _setup_threads()
+    pm, registry = _manager_and_registry()
+    loaded, clip, frames = _prepare(video, model=model, revision=revision, device=device,
+                                    dtype=dtype, n_frames=n_frames, stride=stride, size=size,
+                                    quiet=quiet)
+    config = RunConfig(steps=steps, batch_size=batch_size)
+    params = {"inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps}}
+    job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
+                     choices=_parse_choices(stage_choices), params=params, options=options,
+                     until="features", quiet=quiet)
+    results = _run_job(job, quiet)
+    report = {"keys": {k: r.key for k, r in results.items()},
+              "paths": {k: str(r.path) for k, r in results.items()}}
+    if check:
+        from .quality import reconstruction_check
+
+        report["psnr"] = reconstruction_check(job, results)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    for kind, path in report["paths"].items():
+        click.echo(f"{kind:<10} {path}")
+    if check:
+        psnr = report["psnr"]
+        click.echo("reconstruction PSNR (dB) per frame: "
+                   + " ".join(f"{p:.1f}" for p in psnr["per_frame"]))
+        click.echo(f"mean {psnr['mean']:.2f} dB, min {psnr['min']:.2f} dB")
+
+
+@cli.command()
+def plugins() -> None:
+    """List loaded plugins with their distributions and hooks."""
+    pm, _ = _manager_and_registry()
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
+        dist = pm.distributions.get(name, ("tokenflow (core)", __version__))
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        click.echo(f"{name}  [{dist[0]} {dist[1]}]  hooks: {', '.join(hooks)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def stages(as_json) -> None:
+    """List installed stages by kind, with their parameters."""
+    _, registry = _manager_and_registry()
+    doc = {}
+    for kind in KINDS:
+        doc[kind] = []
+        for name, cls in sorted(registry.stages[kind].items()):
+            fields = {p: {"type": type_label(h), "default": d}
+                      for p, (h, d) in param_fields(cls.Params).items()}
+            doc[kind].append({"name": name, "version": cls.version, "plugin": registry.owner(kind, name),
+                              "summary": getattr(cls, "summary", ""), "params": fields})
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    for kind, items in doc.items():
+        click.echo(f"{kind}:")
+        for item in items:
+            click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']}): {item['summary']}")
+            for p, info in item["params"].items():
+                click.echo(f"      {p}: {info['type']} = {info['default']!r}")
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect or clean the stage cache."""
+
+
+@cache.command("ls")
+@click.option("--cache-dir", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def cache_ls(cache_dir, as_json) -> None:
+    """List complete cache entries: kind, name, key, size, params."""
+    from .cache.store import StageCache
+
+    entries = StageCache(_cache_dir(cache_dir)).entries()
+    if as_json:
+        click.echo(json.dumps([{"kind": e.kind, "name": e.name, "key": e.key, "size": e.size,
+                                "path": str(e.path), "params": e.params} for e in entries], indent=2))
+        return
+    for e in entries:
+        params = json.dumps(e.params, sort_keys=True)
+        click.echo(f"{e.kind:<15}{e.name:<12}{e.key[:16]}  {_human(e.size):>9}  {params}")
+    click.echo(f"{len(entries)} entries, {_human(sum(e.size for e in entries))}", err=True)
+
+
+@cache.command("rm")
+@click.argument("key", required=False)
+@click.option("--all", "remove_all", is_flag=True, help="Remove every entry.")
+@click.option("--cache-dir", default=None)
+def cache_rm(key, remove_all, cache_dir) -> None:
+    """Remove the entries whose key starts with KEY, or all of them."""
+    from .cache.store import StageCache
+
+    store = StageCache(_cache_dir(cache_dir))
+    if remove_all == bool(key):
+        raise click.UsageError("give a KEY (at least 4 characters) or --all")
+    try:
+        gone = store.clear() if remove_all else store.remove(key)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if key and not gone:
+        raise click.ClickException(f"no cache entry has a key starting with {key!r}")
+    for e in gone:
+        click.echo(f"removed {e.kind}/{e.name} {e.key[:16]}")
+
+
+def main() -> None:
+    """Console entry point: one clear line on errors, exit 130 on Ctrl-C."""
+    try:
+        cli.main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,137 @@
+"""Hook specifications: the whole plugin API of tokenflow.
+
+A plugin is a module or object with functions marked ``@hookimpl`` whose names match the specs
+below; a package makes it discoverable by listing it in the ``tokenflow`` entry-point group::
+
+    [project.entry-points.tokenflow]
+    "my_package.editor" = "my_package.editor"
+
+Argument names are part of the API: tokenflow never renames or removes one, it only adds. An
+implementation may accept any subset of a hook's arguments.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from pluggy import HookimplMarker, HookspecMarker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .stages import Stage, StageContext
+
+hookspec = HookspecMarker("tokenflow")
+hookimpl = HookimplMarker("tokenflow")
+
+
+# --- discovery: one hook per stage kind -------------------------------------------------------
+
+
+@hookspec
+def register_inversions(register: Callable[[type], None]) -> None:
+    """Register inversion stages (kind ``inversion``).
+
+    :param register: call it once per stage class, e.g. ``register(DDIMInversion)``.
+
+    An inversion stage's ``run(ctx)`` writes to ``ctx.output`` the latents of every frame at every
+    editing timestep (array ``latents``, dims ``timestep, frame, channel, y, x``), the clean
+    latents ``x0`` and the noisiest latents ``x_max`` (attribute ``t_max``).
+    """
+
+
+@hookspec
+def register_features(register: Callable[[type], None]) -> None:
+    """Register feature-store stages (kind ``features``).
+
+    :param register: call it once per stage class.
+
+    A feature store runs the source branch and writes, per spatial resolution group, the
+    self-attention input tokens of every transformer block (``tokens``: dims ``timestep, frame,
+    layer, token, channel``) and any module outputs later stages inject (``conv``).
+    """
+
+
+@hookspec
+def register_keyframes(register: Callable[[type], None]) -> None:
+    """Register keyframe samplers (kind ``keyframes``).
+
+    :param register: call it once per stage class.
+
+    A sampler writes ``keyframes`` (dims ``timestep, chunk``): the frame index of the keyframe of
+    every chunk of ``batch_size`` frames at every editing timestep.
+    """
+
+
+@hookspec
+def register_correspondences(register: Callable[[type], None]) -> None:
+    """Register correspondence stages (kind ``correspondence``).
+
+    :param register: call it once per stage class.
+
+    A correspondence stage writes ``reference`` (dims ``timestep, frame, ref``: the keyframes each
+    frame reads from) and, per resolution group, ``index`` (dims ``timestep, frame, layer, ref,
+    token``: for each token of the frame, the token of the reference keyframe it takes).
+    """
+
+
+@hookspec
+def register_editors(register: Callable[[type], None]) -> None:
+    """Register editors (kind ``editor``).
+
+    :param register: call it once per stage class.
+
+    An editor is called once per timestep by :mod:`tokenflow.loop` through ``edit_step(step)``
+    and must return the keyframes' self-attention outputs per transformer block (the tokens the
+    blender propagates). See :class:`tokenflow.loop.EditStep`.
+    """
+
+
+@hookspec
+def register_blenders(register: Callable[[type], None]) -> None:
+    """Register blenders (kind ``blender``).
+
+    :param register: call it once per stage class.
+
+    A blender is called once per timestep through ``blend_step(step, edited)`` and returns the
+    next latents of every frame. See :class:`tokenflow.loop.EditStep`.
+    """
+
+
+# --- execution --------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def run_stage(ctx: StageContext, stage: Stage) -> Any:
+    """Produce the store of ``stage`` for this run; return a :class:`tokenflow.runner.StageResult`.
+
+    :param ctx: the stage's context; ``ctx.keys[stage.kind]`` is its cache key.
+    :param stage: the stage instance (with its ``params``).
+
+    Stops at the first non-None result. The stage cache answers first (``tryfirst``) when a
+    complete entry exists; the built-in runner answers last (``trylast``) by computing the stage
+    into a temporary store and renaming it into place. For the editing loop this hook is called
+    once with the blender stage and ``ctx.stages['editor']`` set.
+    """
+
+
+@hookspec
+def before_stage(ctx: StageContext, stage: Stage, key: str) -> None:
+    """Called before a stage is looked up or computed.
+
+    :param key: the stage's cache key.
+    """
+
+
+@hookspec
+def after_stage(ctx: StageContext, stage: Stage, key: str, result: Any) -> None:
+    """Called after a stage's store is available (computed or found in the cache).
+
+    :param result: the :class:`tokenflow.runner.StageResult`; ``result.cached`` tells which.
+    """
+
+
+@hookspec
+def on_stage_error(ctx: StageContext, stage: Stage, key: str, error: BaseException) -> None:
+    """Called when computing a stage raised; the exception is re-raised afterwards.
+
+    Nothing partial is left in the cache when this is called.
+    """

@@ -1,0 +1,147 @@
+"""The store layouts that stages of different kinds exchange, with their readers.
+
+A replacement stage must write the layout of its kind so that downstream stages can read it.
+
+* **inversion**: ``latents`` (timestep, frame, channel, y, x) at every editing timestep in editing
+  order (noisiest first); ``x0`` and ``x_max`` (frame, channel, y, x); attrs ``t_max``, ``prompt``.
+* **features**: attr ``layers`` (every self-attention layer path) and ``groups`` ({layer or conv
+  path: group}); one group per resolution ``<h>x<w>x<channels>`` holding ``tokens`` (timestep,
+  frame, layer, token, channel) and, where conv residuals of that shape are kept, ``conv``
+  (conv_timestep, frame, conv_layer, channel, y, x) for the first ``len(conv_timestep)`` steps.
+* **keyframes**: ``keyframes`` (timestep, chunk): frame index of each chunk's keyframe.
+* **correspondence**: ``reference`` (timestep, frame, ref): the two keyframes each frame reads
+  from (equal when it reads from one); per resolution group ``index`` (timestep, frame, layer,
+  ref, token): for every token, the token of that reference keyframe it takes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import zarr
+
+from .stages import CHANNEL, FRAME, LAYER, TIMESTEP, TOKEN
+
+
+def group_name(height: int, width: int, channels: int) -> str:
+    return f"{height}x{width}x{channels}"
+
+
+def token_grid(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of a layer with ``tokens`` tokens in a UNet fed ``latent_hw`` latents."""
+    lat_h, lat_w = latent_hw
+    factor = round(math.sqrt(lat_h * lat_w / tokens))
+    h, w = -(-lat_h // factor), -(-lat_w // factor)
+    if h * w != tokens:
+        raise ValueError(f"cannot place {tokens} tokens on a grid of latents {lat_h}x{lat_w}")
+    return h, w
+
+
+def _factor(unet, path: str) -> int:
+    parts = path.split(".")
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    if parts[0] == "down_blocks":
+        return 2 ** int(parts[1])
+    if parts[0] == "mid_block":
+        return 2 ** (n_down - 1)
+    if parts[0] == "up_blocks":
+        return 2 ** (n_up - 1 - int(parts[1]))
+    raise ValueError(f"cannot place {path!r} in the UNet")
+
+
+def layer_shapes(unet, latent_hw: tuple[int, int]) -> dict[str, tuple[int, ...]]:
+    """Shapes of what the feature store keeps, without running the UNet.
+
+    Self-attention layers (``...attn1``): ``(tokens, channels, h, w)``; ResNets
+    (``...resnets.N``): ``(channels, h, w)`` of their residual branch. SD-shaped UNets only
+    (down/mid/up blocks, one 2x resampling between consecutive blocks).
+    """
+    from .attention import self_attention_layers
+
+    lat_h, lat_w = latent_hw
+    out: dict[str, tuple[int, ...]] = {}
+    for path in self_attention_layers(unet):
+        f = _factor(unet, path)
+        h, w = -(-lat_h // f), -(-lat_w // f)
+        out[path] = (h * w, unet.get_submodule(path).to_q.in_features, h, w)
+    for name, module in unet.named_modules():
+        if ".resnets." in name and name.split(".")[-2] == "resnets":
+            f = _factor(unet, name)
+            out[name] = (module.conv2.out_channels, -(-lat_h // f), -(-lat_w // f))
+    return out
+
+
+def read_timesteps(group: zarr.Group) -> list[int]:
+    return [int(t) for t in group[TIMESTEP][...]]
+
+
+class FeatureReader:
+    """Reads source-branch tokens and conv residuals from a features store."""
+
+    def __init__(self, store: zarr.Group) -> None:
+        self.store = store
+        self.groups: dict[str, str] = dict(store.attrs["groups"])
+        self.layers: list[str] = list(store.attrs["layers"])
+        self.timesteps = read_timesteps(store)
+        self._layer_index: dict[str, int] = {}
+        self._conv_index: dict[str, int] = {}
+        for name in {self.groups[layer] for layer in self.layers}:
+            for i, layer in enumerate(store[name][LAYER][...]):
+                self._layer_index[str(layer)] = i
+        self.conv_layers: list[str] = list(store.attrs.get("conv_layers", []))
+        self.conv_steps: int = 0
+        for path in self.conv_layers:
+            group = store[self.groups[path]]
+            for i, name in enumerate(group["conv_layer"][...]):
+                self._conv_index[str(name)] = i
+            self.conv_steps = int(group["conv"].shape[0])
+
+    def tokens(self, step: int, layer: str, frames: Sequence[int]) -> torch.Tensor:
+        """(F, S, C) float32 norm1 tokens of ``layer`` at step index ``step`` for ``frames``."""
+        arr = self.store[self.groups[layer]]["tokens"]
+        data = arr.get_orthogonal_selection(
+            (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
+        )
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+    def has_conv(self, step: int, path: str) -> bool:
+        return path in self._conv_index and step < self.conv_steps
+
+    def conv(self, step: int, path: str, frames: Sequence[int]) -> torch.Tensor:
+        """(F, C, h, w) float32 residual of ResNet ``path`` at step ``step`` for ``frames``."""
+        arr = self.store[self.groups[path]]["conv"]
+        data = arr.get_orthogonal_selection(
+            (step, np.asarray(frames, dtype=np.int64), self._conv_index[path])
+        )
+        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+
+
+class CorrespondenceReader:
+    """Reads reference keyframes and token indices from a correspondence store."""
+
+    def __init__(self, store: zarr.Group) -> None:
+        self.store = store
+        self.groups: dict[str, str] = dict(store.attrs["groups"])
+        self.reference = np.asarray(store["reference"][...])
+        self._layer_index: dict[str, int] = {}
+        for name in set(self.groups.values()):
+            for i, layer in enumerate(store[name][LAYER][...]):
+                self._layer_index[str(layer)] = i
+
+    def references(self, step: int, frames: Sequence[int]) -> np.ndarray:
+        """(F, 2) frame indices of the reference keyframes."""
+        return self.reference[step, np.asarray(frames)]
+
+    def index(self, step: int, layer: str, frames: Sequence[int]) -> torch.Tensor:
+        """(F, 2, S) int64 token indices into the two reference keyframes."""
+        arr = self.store[self.groups[layer]]["index"]
+        data = arr.get_orthogonal_selection(
+            (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
+        )
+        return torch.from_numpy(np.asarray(data, dtype=np.int64))
+
+
+TOKEN_DIMS = (TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL)

@@ -1,0 +1,261 @@
+"""The per-timestep editing loop: keyframes -> editor -> blender, every step.
+
+The editor and the blender are coupled (the editor edits latents the blender produced at the
+previous step), so the loop writes both stores in one run. The source branch is never integrated:
+everything it provides comes from the feature store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from .attention import AttentionState, tokenflow_attention
+from .cache.store import create_array, write_coord
+from .layouts import CorrespondenceReader, FeatureReader, read_timesteps
+from .stages import (
+    BLENDER,
+    CORRESPONDENCE,
+    EDITOR,
+    FEATURES,
+    FRAME,
+    HEIGHT,
+    INVERSION,
+    KEYFRAME,
+    KEYFRAMES,
+    LATENT_DIMS,
+    RGB,
+    TIMESTEP,
+    WIDTH,
+    StageContext,
+    StageError,
+)
+
+
+@dataclass
+class EditorOutput:
+    """What an editor returns for one timestep.
+
+    ``tokens``: per self-attention layer, the keyframes' attention outputs, shaped
+    ``(n_branches, K, S, C)``; ``model_output``: the keyframes' guided prediction ``(K, c, h, w)``
+    (kept in the editor's store for inspection). An editor that does not propagate
+    (``propagates = False``) edits every frame itself and returns the next ``latents`` of all
+    frames; the blender is then not called.
+    """
+
+    tokens: dict[str, torch.Tensor]
+    model_output: torch.Tensor
+    latents: torch.Tensor | None = None
+
+
+@dataclass
+class EditRun:
+    """Everything that stays fixed during one editing loop."""
+
+    ctx: StageContext
+    editor: Any
+    blender: Any
+    timesteps: list[int]
+    scheduler: Any
+    features: FeatureReader
+    correspondence: CorrespondenceReader | None
+    keyframes: np.ndarray
+    x0: torch.Tensor
+    x_max: torch.Tensor
+    t_max: int
+    state: AttentionState = field(default_factory=AttentionState)
+    layers: list[str] = field(default_factory=list)
+    editor_state: Any = None
+    unet_frames: int = 0
+    unet_calls: int = 0
+
+    @property
+    def model(self):
+        return self.ctx.model
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.x0.shape[0])
+
+    @property
+    def batch_size(self) -> int:
+        return self.ctx.config.batch_size
+
+    def chunks(self) -> list[list[int]]:
+        """Frame indices of every chunk of ``batch_size`` consecutive frames."""
+        n, b = self.n_frames, self.batch_size
+        return [list(range(s, min(s + b, n))) for s in range(0, n, b)]
+
+    def alpha(self, t: int) -> torch.Tensor:
+        return self.scheduler.alphas_cumprod[int(t)].to(torch.float32)
+
+    def call_unet(
+        self,
+        latents: torch.Tensor,
+        t: int,
+        text: torch.Tensor,
+        *,
+        n_branches: int,
+        extended: bool = False,
+        inject: dict[str, torch.Tensor] | None = None,
+        conv: dict[str, torch.Tensor] | None = None,
+        provide: Callable[[str], torch.Tensor | None] | None = None,
+        keep: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """One UNet call on ``n_branches`` x frames (branch-major), with the given instructions.
+
+        ``latents`` has the frames once (F, c, h, w); it is repeated for every branch. ``text``
+        holds one embedding per branch (n_branches, T, D). Returns the raw model output,
+        ``(n_branches * F, c, h, w)``.
+        """
+        model, state = self.model, self.state
+        frames = latents.shape[0]
+        x = latents.to(model.device, model.dtype).repeat(n_branches, 1, 1, 1)
+        emb = text.to(model.device, model.dtype).repeat_interleave(frames, dim=0)
+        state.reset()
+        state.n_branches = n_branches
+        state.extended = extended
+        state.inject = {k: v.to(model.device) for k, v in (inject or {}).items()}
+        state.conv = {k: v.to(model.device) for k, v in (conv or {}).items()}
+        state.provide = provide
+        state.keep = keep
+        try:
+            out = model.unet(x, int(t), encoder_hidden_states=emb, return_dict=False)[0]
+        finally:
+            state.reset()
+        self.unet_frames += x.shape[0]
+        self.unet_calls += 1
+        return out.to(torch.float32)
+
+    def conv_inputs(self, step: int, frames: Sequence[int], paths: Sequence[str]) -> dict:
+        """Source conv residuals of ``paths`` for ``frames`` at ``step`` (where stored)."""
+        return {p: self.features.conv(step, p, frames) for p in paths
+                if self.features.has_conv(step, p)}
+
+
+@dataclass
+class EditStep:
+    """One timestep of the loop, as the editor and the blender see it."""
+
+    run: EditRun
+    index: int
+    timestep: int
+    latents: torch.Tensor  # (N, c, h, w) current edited latents, float32, on device
+    keyframes: list[int]
+
+    def ddim(self, model_output: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """One deterministic DDIM step (eta 0) from this timestep to the next."""
+        return self.run.scheduler.step(
+            model_output, self.timestep, latents, eta=0.0, return_dict=False
+        )[0]
+
+
+def _open_inputs(ctx: StageContext) -> dict[str, Any]:
+    """The upstream stores. Without keyframes (an editor that does not propagate), every frame
+    is a keyframe; without correspondences there is nothing to propagate with."""
+    missing = [k for k in (INVERSION, FEATURES) if k not in ctx.inputs]
+    if missing:
+        raise StageError(f"the editing loop needs the {', '.join(missing)} store(s)")
+    inv = ctx.inputs[INVERSION]
+    timesteps = read_timesteps(inv)
+    if KEYFRAMES in ctx.inputs:
+        keyframes = np.asarray(ctx.inputs[KEYFRAMES]["keyframes"][...])
+    else:
+        keyframes = np.tile(np.arange(inv["x0"].shape[0]), (len(timesteps), 1))
+    corr = ctx.inputs.get(CORRESPONDENCE)
+    return {
+        "inv": inv,
+        "timesteps": timesteps,
+        "features": FeatureReader(ctx.inputs[FEATURES]),
+        "correspondence": CorrespondenceReader(corr) if corr is not None else None,
+        "keyframes": keyframes,
+    }
+
+
+def make_run(ctx: StageContext) -> EditRun:
+    """Prepare an :class:`EditRun` from the upstream stores of ``ctx``."""
+    from diffusers import DDIMScheduler
+
+    model = ctx.model
+    opened = _open_inputs(ctx)
+    timesteps = opened["timesteps"]
+    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler.set_timesteps(len(timesteps))
+    grid = [int(t) for t in scheduler.timesteps]
+    if grid != timesteps:
+        raise StageError(f"inversion timesteps {timesteps[:3]}... differ from the scheduler's {grid[:3]}...")
+    inv = opened["inv"]
+    device = model.device
+    return EditRun(
+        ctx=ctx,
+        editor=ctx.stages[EDITOR],
+        blender=ctx.stages[BLENDER],
+        timesteps=timesteps,
+        scheduler=scheduler,
+        features=opened["features"],
+        correspondence=opened["correspondence"],
+        keyframes=opened["keyframes"],
+        x0=torch.from_numpy(np.asarray(inv["x0"][...], dtype=np.float32)).to(device),
+        x_max=torch.from_numpy(np.asarray(inv["x_max"][...], dtype=np.float32)).to(device),
+        t_max=int(inv.attrs["t_max"]),
+    )
+
+
+def start_latents(run: EditRun, t: int) -> torch.Tensor:
+    """Latents at level ``t`` rebuilt from x0 and the inverted noise (released behaviour)."""
+    a_max, a_t = run.alpha(run.t_max), run.alpha(t)
+    eps = (run.x_max - a_max.sqrt() * run.x0) / (1 - a_max).sqrt()
+    return a_t.sqrt() * run.x0 + (1 - a_t).sqrt() * eps
+
+
+def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group) -> EditRun:
+    """Run the loop, writing the editor's and the blender's stores; returns the run (counters)."""
+    run = make_run(ctx)
+    editor, blender = run.editor, run.blender
+    n, steps = run.n_frames, len(run.timesteps)
+    k = run.keyframes.shape[1]
+    lat_shape = tuple(run.x0.shape[1:])
+    write_coord(editor_out, TIMESTEP, run.timesteps)
+    ed_kf = create_array(editor_out, "keyframes", dims=(TIMESTEP, KEYFRAME), shape=(steps, k),
+                         dtype="int64")
+    ed_out = create_array(editor_out, "model_output", dims=(TIMESTEP, KEYFRAME, *LATENT_DIMS),
+                          shape=(steps, k) + lat_shape, dtype="float32", chunks=(1, k) + lat_shape)
+    write_coord(blender_out, TIMESTEP, run.timesteps)
+    write_coord(blender_out, FRAME, range(n))
+    bl_lat = create_array(blender_out, "latents", dims=(TIMESTEP, FRAME, *LATENT_DIMS),
+                          shape=(steps, n) + lat_shape, dtype="float32",
+                          chunks=(1, n) + lat_shape)
+    blender_out.attrs["latents_note"] = "latents after the DDIM step taken at each timestep"
+    with torch.no_grad(), tokenflow_attention(
+        ctx.model.unet, run.state, editor.conv_layers(run)
+    ) as layers:
+        run.layers = layers
+        run.editor_state = editor.start(run)
+        latents = editor.initial_latents(run)
+        with ctx.bar(steps, f"edit ({editor.name} + {blender.name})") as bar:
+            for i, t in enumerate(run.timesteps):
+                keyframes = [int(f) for f in run.keyframes[i]]
+                step = EditStep(run=run, index=i, timestep=int(t), latents=latents,
+                                keyframes=keyframes)
+                edited = editor.edit_step(step)
+                if edited.latents is not None:
+                    latents = edited.latents
+                else:
+                    latents = blender.blend_step(step, edited.tokens)
+                ed_kf[i] = np.asarray(keyframes)
+                ed_out[i] = edited.model_output.detach().cpu().numpy()
+                bl_lat[i] = latents.detach().cpu().numpy()
+                bar.update(1)
+    frames = ctx.model.decode_latents(latents)
+    create_array(blender_out, "frames", dims=(FRAME, HEIGHT, WIDTH, RGB), data=frames,
+                 chunks=(1,) + frames.shape[1:])
+    stats = {"unet_calls": run.unet_calls, "unet_frame_evals": run.unet_frames,
+             "steps": steps, "frames": n, "keyframes_per_step": k}
+    blender_out.attrs["stats"] = stats
+    editor_out.attrs["stats"] = stats
+    return run

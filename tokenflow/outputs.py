@@ -1,0 +1,85 @@
+"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4 and run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .cache.keys import _plain
+from .cache.store import safe_name
+
+
+def output_dir_for(video: str | os.PathLike) -> Path:
+    """Default output directory: ``out/<video name without suffix>``."""
+    stem = Path(str(video).rstrip("/\\")).stem or "video"
+    return Path("out") / safe_name(stem)
+
+
+def _same_run(out: Path, blender_key: str) -> bool:
+    try:
+        previous = json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return previous.get("keys", {}).get("blender") == blender_key
+
+
+def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrite: bool,
+                  seconds: float) -> Path:
+    """Write everything into a temporary sibling directory, then move it into place.
+
+    An existing ``out`` is replaced only with ``overwrite`` or when it holds the output of the
+    very same run (same blender key); otherwise :class:`FileExistsError`.
+    """
+    from .video import side_by_side, write_frames, write_video
+
+    blender_key = job.keys["blender"]
+    if out.exists() and any(out.iterdir()) and not overwrite and not _same_run(out, blender_key):
+        raise FileExistsError(f"output directory {out} exists and holds another result; "
+                              "use --overwrite or another --out")
+    edited = np.asarray(job.base.cache.open(results["blender"].path)["frames"][...])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        fps = float(clip.fps)
+        write_video(tmp / "edited.mp4", edited, fps)
+        write_video(tmp / "source.mp4", frames, fps)
+        write_video(tmp / "side_by_side.mp4", side_by_side(frames, edited), fps)
+        write_frames(tmp / "frames", edited)
+        model = job.base.model
+        doc = {
+            "tokenflow_version": __version__,
+            "video": str(clip.source),
+            "frames": int(len(frames)),
+            "fps": fps,
+            "size": {"width": int(frames.shape[2]), "height": int(frames.shape[1])},
+            "model": {"id": model.model_id, "revision": model.revision, "key": model.key,
+                      "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
+            "config": _plain(job.base.config),
+            "stages": {k: {"name": s.name, "version": s.version, "params": _plain(s.params)}
+                       for k, s in job.stages.items()},
+            "keys": dict(job.keys),
+            "cache": {k: {"path": str(r.path), "cached": r.cached, "seconds": round(r.seconds, 3),
+                          "stats": r.stats} for k, r in results.items()},
+            "seconds": round(seconds, 3),
+            "python": platform.python_version(),
+        }
+        (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,208 @@
+"""Planning and running a job: choose stages, apply parameters, hash keys, run through the hooks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .cache.keys import stage_key
+from .registry import Registry
+from .runner import StageResult
+from .stages import (
+    BLENDER,
+    EDITOR,
+    FEATURES,
+    KINDS,
+    ParamError,
+    RunConfig,
+    StageContext,
+    coerce,
+    make_params,
+    param_fields,
+)
+
+#: The stage of each kind used unless the user picks another.
+DEFAULT_STAGES: dict[str, str] = {
+    "inversion": "ddim",
+    "features": "unet",
+    "keyframes": "random",
+    "correspondence": "nn",
+    "editor": "pnp",
+    "blender": "tokenflow",
+}
+
+
+def _closure(classes: Mapping[str, type], roots: list[str]) -> set[str]:
+    active: set[str] = set()
+    todo = list(roots)
+    while todo:
+        kind = todo.pop()
+        if kind in active:
+            continue
+        active.add(kind)
+        if kind == BLENDER and not getattr(classes[EDITOR], "propagates", True):
+            continue  # an editor that does not propagate leaves the blender nothing to read
+        todo.extend(classes[kind].requires)
+    return active
+
+
+def resolve_option(stages: Mapping[str, type], key: str) -> tuple[str, str]:
+    """Map ``-o`` KEY (``kind.param``, ``name.param`` or a bare ``param``) to (kind, param)."""
+    if "." in key:
+        head, param = key.split(".", 1)
+        for kind, cls in stages.items():
+            if head in (kind, cls.name):
+                if param not in param_fields(cls.Params):
+                    valid = ", ".join(param_fields(cls.Params)) or "none"
+                    raise ParamError(f"{kind} '{cls.name}' has no parameter {param!r}; valid: {valid}")
+                return kind, param
+        raise ParamError(f"-o {key}: no stage {head!r} in this run; stages: "
+                         + ", ".join(f"{k}={c.name}" for k, c in stages.items()))
+    owners = [kind for kind, cls in stages.items() if key in param_fields(cls.Params)]
+    if not owners:
+        valid = sorted({f"{k}.{p}" for k, c in stages.items() for p in param_fields(c.Params)})
+        raise ParamError(f"-o {key}: no stage of this run has that parameter; valid: {', '.join(valid)}")
+    if len(owners) > 1:
+        raise ParamError(f"-o {key} is ambiguous ({', '.join(owners)}); write KIND.{key}")
+    return owners[0], key
+
+
+def plan(
+    registry: Registry,
+    config: RunConfig,
+    *,
+    choices: Mapping[str, str] | None = None,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    options: list[tuple[str, str]] | None = None,
+    until: str = BLENDER,
+) -> dict[str, Any]:
+    """The stage instances of a run, in pipeline order.
+
+    ``choices``: {kind: name} overriding :data:`DEFAULT_STAGES`. ``params``: {kind: {param:
+    value}} from dedicated CLI flags (ignored for stages that lack the field). ``options``: the
+    ``-o KEY VALUE`` pairs. ``until``: the last kind to run (``features`` for ``tf invert``).
+    Parameters that downstream stages need upstream (``upstream_params``) are applied here; a
+    user value that contradicts one is an error.
+    """
+    choices = {**DEFAULT_STAGES, **(choices or {})}
+    unknown = set(choices) - set(KINDS)
+    if unknown:
+        raise ParamError(f"unknown stage kind {sorted(unknown)[0]!r}; kinds: {', '.join(KINDS)}")
+    classes = {kind: registry.get(kind, choices[kind]) for kind in KINDS}
+    roots = [EDITOR, BLENDER] if until == BLENDER else [until]
+    active = _closure(classes, roots)
+    classes = {k: c for k, c in classes.items() if k in active}
+    values: dict[str, dict[str, Any]] = {k: {} for k in classes}
+    for kind, given in (params or {}).items():
+        if kind in classes:
+            fields = param_fields(classes[kind].Params)
+            values[kind].update({k: v for k, v in given.items() if k in fields and v is not None})
+    user: dict[str, dict[str, Any]] = {k: {} for k in classes}
+    for key, value in options or []:
+        kind, name = resolve_option(classes, key)
+        values[kind][name] = value
+        user[kind][name] = value
+    stages: dict[str, Any] = {}
+    for kind in reversed(KINDS):
+        if kind not in classes:
+            continue
+        stage = classes[kind](make_params(classes[kind], values[kind]))
+        imposer = getattr(stage, "upstream_params", None)
+        for up_kind, imposed in (imposer(config) if imposer else {}).items():
+            if up_kind not in classes:
+                continue
+            fields = param_fields(classes[up_kind].Params)
+            for name, needed in imposed.items():
+                if name not in fields:
+                    continue  # a replacement stage without that knob
+                if name in user[up_kind]:
+                    given = coerce(fields[name][0], user[up_kind][name], name=name)
+                    if given != coerce(fields[name][0], needed, name=name):
+                        raise ParamError(
+                            f"-o {up_kind}.{name}={user[up_kind][name]} contradicts {kind} "
+                            f"'{stage.name}', which needs {needed}"
+                        )
+                values[up_kind][name] = needed
+        stages[kind] = stage
+    return {kind: stages[kind] for kind in KINDS if kind in stages}
+
+
+def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
+                 config: RunConfig) -> dict[str, str]:
+    """Cache keys of every stage: a Merkle chain through ``requires`` (blender <- editor)."""
+    keys: dict[str, str] = {}
+    for kind, stage in stages.items():
+        upstream = {k: keys[k] for k in stage.requires if k in keys}
+        inputs: dict[str, Any] = {
+            "model": model_key,
+            "video": video_hash,
+            "config": {f: getattr(config, f) for f in getattr(stage, "reads_config", ("steps",))},
+        }
+        if kind == EDITOR and BLENDER in stages:
+            blender = stages[BLENDER]
+            inputs["blender"] = {"name": blender.name, "version": blender.version,
+                                 "params": blender.params}
+        if kind == BLENDER:
+            upstream[EDITOR] = keys[EDITOR]
+        keys[kind] = stage_key(kind=kind, name=stage.name, version=stage.version,
+                               params=stage.params, upstream=upstream, inputs=inputs)
+    return keys
+
+
+@dataclass
+class Job:
+    """A planned run: stages, keys and the context every stage gets (inputs filled per stage)."""
+
+    pm: Any
+    stages: dict[str, Any]
+    keys: dict[str, str]
+    base: StageContext
+    results: dict[str, StageResult] = field(default_factory=dict)
+
+    def pending(self) -> list[str]:
+        """Kinds whose store is not in the cache yet."""
+        cache = self.base.cache
+        return [k for k, s in self.stages.items()
+                if cache.lookup(k, s.name, self.keys[k]) is None]
+
+    def estimate_bytes(self) -> int:
+        """Bytes the pending stages will write."""
+        ctx = self.base
+        return sum(int(self.stages[k].estimate_bytes(ctx)) for k in self.pending()
+                   if hasattr(self.stages[k], "estimate_bytes"))
+
+    def _context(self, kinds: list[str]) -> StageContext:
+        cache = self.base.cache
+        needed = {k for kind in kinds for k in self.stages[kind].requires if k in self.results}
+        inputs = {k: cache.open(self.results[k].path) for k in sorted(needed)}
+        return dataclasses.replace(self.base, inputs=inputs, output=None)
+
+    def run(self) -> dict[str, StageResult]:
+        """Run every stage through ``run_stage`` with the lifecycle hooks around it."""
+        hook = self.pm.hook
+        for kind, stage in self.stages.items():
+            if kind == EDITOR and BLENDER in self.stages:
+                continue  # runs inside the loop, with the blender
+            kinds = [EDITOR, BLENDER] if kind == BLENDER else [kind]
+            ctx = self._context(kinds)
+            key = self.keys[kind]
+            hook.before_stage(ctx=ctx, stage=stage, key=key)
+            try:
+                result = hook.run_stage(ctx=ctx, stage=stage)
+            except BaseException as exc:
+                hook.on_stage_error(ctx=ctx, stage=stage, key=key, error=exc)
+                raise
+            hook.after_stage(ctx=ctx, stage=stage, key=key, result=result)
+            self.results[kind] = result
+            if kind == BLENDER:
+                editor = self.stages[EDITOR]
+                self.results[EDITOR] = StageResult(
+                    EDITOR, editor.name, self.keys[EDITOR],
+                    self.base.cache.path(EDITOR, editor.name, self.keys[EDITOR]),
+                    cached=result.cached, stats=result.stats)
+        return self.results
+
+
+__all__ = ["DEFAULT_STAGES", "FEATURES", "Job", "compute_keys", "plan", "resolve_option"]

@@ -1,0 +1,92 @@
+"""The stage registry: ``{kind: {name: StageClass}}`` built from the ``register_*`` hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .stages import KINDS, STEP_KINDS, StageError
+
+#: The discovery hook of every stage kind.
+REGISTER_HOOKS: dict[str, str] = {
+    "inversion": "register_inversions",
+    "features": "register_features",
+    "keyframes": "register_keyframes",
+    "correspondence": "register_correspondences",
+    "editor": "register_editors",
+    "blender": "register_blenders",
+}
+
+
+class RegistryError(StageError):
+    """A stage class is malformed, registered under the wrong hook, or its name is taken."""
+
+
+@dataclass
+class Registry:
+    """Stage classes by kind and name, with the plugin that registered each."""
+
+    stages: dict[str, dict[str, type]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    owners: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, kind: str, cls: type, owner: str) -> None:
+        for attr in ("kind", "name", "version", "requires", "Params"):
+            if not hasattr(cls, attr):
+                raise RegistryError(f"{owner}: stage class {cls.__name__} has no {attr!r}")
+        if cls.kind != kind:
+            raise RegistryError(
+                f"{owner}: {cls.__name__} has kind {cls.kind!r} but was registered as {kind!r}"
+            )
+        if not cls.name or not isinstance(cls.name, str):
+            raise RegistryError(f"{owner}: {cls.__name__} has no name")
+        method = "edit_step" if kind == "editor" else "blend_step" if kind == "blender" else "run"
+        if not callable(getattr(cls, method, None)):
+            raise RegistryError(f"{owner}: {kind} stage {cls.name!r} has no {method}() method")
+        if cls.name in self.stages[kind]:
+            other = self.owners[(kind, cls.name)]
+            raise RegistryError(
+                f"{kind} stage name {cls.name!r} is registered twice: by {other} and by {owner}"
+            )
+        self.stages[kind][cls.name] = cls
+        self.owners[(kind, cls.name)] = owner
+
+    def get(self, kind: str, name: str) -> type:
+        if kind not in self.stages:
+            raise RegistryError(f"unknown stage kind {kind!r}; kinds: {', '.join(KINDS)}")
+        try:
+            return self.stages[kind][name]
+        except KeyError:
+            valid = ", ".join(sorted(self.stages[kind])) or "none installed"
+            raise RegistryError(f"unknown {kind} {name!r}; installed: {valid}") from None
+
+    def owner(self, kind: str, name: str) -> str:
+        return self.owners[(kind, name)]
+
+
+def build_registry(pm) -> Registry:
+    """Call every ``register_*`` hook of ``pm`` and collect the classes; duplicates are errors."""
+    registry = Registry()
+    for kind, hook_name in REGISTER_HOOKS.items():
+        hook = getattr(pm.hook, hook_name)
+        for impl in hook.get_hookimpls():
+            owner = describe_plugin(pm, impl.plugin)
+
+            def register(cls: type, _kind: str = kind, _owner: str = owner) -> None:
+                registry.add(_kind, cls, _owner)
+
+            try:
+                impl.function(register=register)
+            except RegistryError:
+                raise
+            except Exception as exc:  # a plugin's own bug: name it
+                raise RegistryError(f"plugin {owner} failed in {hook_name}: {exc}") from exc
+    return registry
+
+
+def describe_plugin(pm, plugin) -> str:
+    """``name (distribution version)`` for messages and ``tf plugins``."""
+    name = pm.get_name(plugin) or repr(plugin)
+    dist = getattr(pm, "distributions", {}).get(name)
+    return f"{name} ({dist[0]} {dist[1]})" if dist else name
+
+
+assert set(REGISTER_HOOKS) == set(KINDS) and set(STEP_KINDS) <= set(KINDS)

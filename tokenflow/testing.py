@@ -1,0 +1,88 @@
+"""Pytest fixtures for tokenflow and its plugin authors (loaded through the ``pytest11`` entry
+point, so a third-party package's tests get them by installing tokenflow).
+
+Fixtures:
+
+* ``tf_plugin_manager``: a fresh plugin manager with the core and entry-point plugins.
+* ``tf_register``: ``tf_register(plugin_object, name=None)`` registers a plugin for one test and
+  unregisters it afterwards; returns the registry rebuilt with it.
+* ``tf_tiny_model_dir``: a tiny randomly initialised SD-shaped diffusers checkpoint (session).
+* ``tf_tiny_model``: that checkpoint loaded on the CPU in float32 (session).
+* ``tf_video``: a path to a short synthetic clip (8 frames, 64x96, a square moving right).
+* ``tf_cache``: a :class:`tokenflow.cache.StageCache` in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def synthetic_frames(n: int = 8, height: int = 64, width: int = 96, seed: int = 0) -> np.ndarray:
+    """A textured background with a bright square moving right by 2 pixels a frame."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(0, 80, size=(height, width, 3), dtype=np.uint8)
+    frames = np.repeat(background[None], n, axis=0)
+    side = max(4, height // 4)
+    for i in range(n):
+        x = (4 + 2 * i) % max(1, width - side)
+        frames[i, height // 3: height // 3 + side, x: x + side] = (220, 40, 40)
+    return frames
+
+
+@pytest.fixture
+def tf_plugin_manager():
+    from .manager import make_plugin_manager
+
+    return make_plugin_manager()
+
+
+@pytest.fixture
+def tf_register(tf_plugin_manager):
+    from .registry import build_registry
+
+    registered = []
+
+    def register(plugin, name: str | None = None):
+        tf_plugin_manager.register(plugin, name=name)
+        registered.append(plugin)
+        return build_registry(tf_plugin_manager)
+
+    try:
+        yield register
+    finally:
+        for plugin in registered:
+            if tf_plugin_manager.is_registered(plugin):
+                tf_plugin_manager.unregister(plugin)
+
+
+@pytest.fixture(scope="session")
+def tf_tiny_model_dir(tmp_path_factory):
+    from .models import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-sd") / "model", "sd15", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tf_tiny_model(tf_tiny_model_dir):
+    import torch
+
+    from .models import load_model
+
+    return load_model(str(tf_tiny_model_dir), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture
+def tf_video(tmp_path):
+    from .video import write_frames
+
+    folder = tmp_path / "clip"
+    write_frames(folder, synthetic_frames())
+    return folder
+
+
+@pytest.fixture
+def tf_cache(tmp_path):
+    from .cache.store import StageCache
+
+    return StageCache(tmp_path / "cache")

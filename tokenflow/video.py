@@ -1,0 +1,392 @@
+"""Reading, writing and resizing video frames.
+
+Everything goes through :mod:`imageio.v3`: video containers are decoded by the
+ffmpeg binary shipped with ``imageio-ffmpeg`` (plugin ``"FFMPEG"``), GIFs by the
+Pillow plugin. Folders of still frames are decoded with Pillow directly, because
+Pillow's image *mode* is needed to convert 16-bit, grayscale, palette, CMYK and
+alpha images correctly.
+
+All frame arrays are ``(N, H, W, 3)`` ``uint8`` RGB and C-contiguous.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "VideoError",
+    "Video",
+    "read_video",
+    "working_size",
+    "parse_size",
+    "resize_frames",
+    "write_video",
+    "write_frames",
+    "side_by_side",
+    "frames_hash",
+]
+
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+FOLDER_FPS = 24.0
+GIF_FPS = 10.0
+
+
+class VideoError(ValueError):
+    """Bad video input; message is one clear line for the user."""
+
+
+@dataclass(frozen=True)
+class Video:
+    """Decoded frames plus the frame rate they should be played at."""
+
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB, C-contiguous
+    fps: float
+    source: str  # path as given
+
+    def __len__(self) -> int:
+        return int(self.frames.shape[0])
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_video(path: str | os.PathLike[str], *, frames: int | None = None, stride: int = 1) -> Video:
+    """Decode a video file (mp4/mov/webm/mkv/avi/gif) or a folder of PNG/JPG frames.
+
+    ``stride`` K keeps every K-th frame starting at frame 0, then ``frames`` N keeps
+    the first N of those (fewer are returned if the source is shorter; that is not an
+    error). Decoding stops as soon as the N-th kept frame is read. The returned fps
+    is the source fps divided by ``stride``. Folders play at 24 fps; GIFs use the
+    first frame's duration (10 fps if absent or browser-clamped, i.e. <= 10 ms).
+    """
+    source = os.fspath(path)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+        raise VideoError(f"stride must be a positive integer, got {stride!r}")
+    if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
+        raise VideoError(f"frames must be a positive integer, got {frames!r}")
+
+    p = Path(source)
+    if not p.exists():
+        raise VideoError(f"no such file or directory: {source}")
+    if p.is_dir():
+        data, fps = _read_folder(p, frames, stride)
+    else:
+        suffix = p.suffix.lower()
+        if suffix == ".gif":
+            data, fps = _read_with_imageio(p, "pillow", frames, stride)
+        elif suffix in VIDEO_SUFFIXES:
+            data, fps = _read_with_imageio(p, "FFMPEG", frames, stride)
+        else:
+            known = ", ".join(sorted(s[1:] for s in VIDEO_SUFFIXES | {".gif"}))
+            raise VideoError(f"unsupported file type {suffix or '(none)'!r}: {source} (expected {known}, or a folder of frames)")
+    if data.shape[0] == 0:
+        raise VideoError(f"no frames: {source}")
+    return Video(frames=data, fps=fps / stride, source=source)
+
+
+def _select(items: Iterable[np.ndarray], frames: int | None, stride: int) -> Iterator[np.ndarray]:
+    """Yield items 0, K, 2K, ... and stop (without pulling more) after ``frames`` of them."""
+    kept = 0
+    for index, item in enumerate(items):
+        if index % stride:
+            continue
+        yield item
+        kept += 1
+        if frames is not None and kept >= frames:
+            return
+
+
+def _one_line(exc: BaseException) -> str:
+    """Reduce an imageio/ffmpeg exception (often with pages of stderr) to one line."""
+    # Drop ffmpeg's "[in#0 @ 0x55d0...]" context prefixes.
+    lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in str(exc).splitlines()]
+    lines = [line for line in lines if line]
+    # ffmpeg's own diagnosis is more useful than imageio's generic first line.
+    for line in lines:
+        if re.search(r"invalid data|moov atom|end of file|corrupt|truncat", line, re.IGNORECASE):
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_with_imageio(path: Path, plugin: str, frames: int | None, stride: int) -> tuple[np.ndarray, float]:
+    """Read a GIF (``plugin="pillow"``) or a video container (``plugin="FFMPEG"``)."""
+    try:
+        if plugin == "pillow":
+            with Image.open(path) as im:
+                duration = float(im.info.get("duration") or 0)
+            fps = 1000.0 / duration if duration > 10 else GIF_FPS
+        else:
+            meta = iio.immeta(path, plugin=plugin)
+            fps = float(meta.get("fps") or 0)
+            if not math.isfinite(fps) or fps <= 0:
+                fps = FOLDER_FPS
+        kept: list[np.ndarray] = []
+        with contextlib.closing(iio.imiter(path, plugin=plugin)) as stream:
+            for frame in _select(stream, frames, stride):
+                kept.append(_to_rgb8(np.asarray(frame), path.name))
+    except VideoError:
+        raise
+    except Exception as exc:  # imageio/ffmpeg/Pillow raise many unrelated types
+        raise VideoError(f"cannot read video {path}: {_one_line(exc)}") from exc
+    if not kept:
+        return np.zeros((0, 0, 0, 3), np.uint8), fps
+    try:
+        return np.stack(kept), fps
+    except ValueError as exc:
+        raise VideoError(f"cannot read video {path}: frames differ in size") from exc
+
+
+def _natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """Sort key that orders ``2.png`` before ``10.png``."""
+    parts = re.split(r"(\d+)", name.lower())
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name
+
+
+def _read_folder(folder: Path, frames: int | None, stride: int) -> tuple[np.ndarray, float]:
+    """Read the selected PNG/JPG frames of a folder; only the selected files are opened."""
+    names = sorted(
+        (e.name for e in folder.iterdir() if e.suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith(".") and e.is_file()),
+        key=_natural_key,
+    )
+    if not names:
+        raise VideoError(f"no PNG/JPG frames in folder: {folder}")
+    chosen = names[::stride][:frames]
+    out: np.ndarray | None = None
+    for i, name in enumerate(chosen):
+        try:
+            with Image.open(folder / name) as im:
+                image = _pil_to_rgb8(im, name)
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise VideoError(f"cannot read frame {folder / name}: {_one_line(exc)}") from exc
+        if out is None:
+            out = np.empty((len(chosen), *image.shape), np.uint8)
+        elif image.shape != out.shape[1:]:
+            h0, w0 = out.shape[1:3]
+            h, w = image.shape[:2]
+            raise VideoError(f"frames differ in size: {chosen[0]} is {w0}x{h0}, {name} is {w}x{h}")
+        out[i] = image
+    assert out is not None
+    return out, FOLDER_FPS
+
+
+def _pil_to_rgb8(im: Image.Image, name: str) -> np.ndarray:
+    """Convert any Pillow image to (H, W, 3) uint8 RGB; see :func:`_to_rgb8`."""
+    im.load()  # surfaces truncated/corrupt files here
+    if im.mode.startswith("I") or im.mode in ("F", "1", "L", "LA", "RGB", "RGBA"):
+        return _to_rgb8(np.asarray(im), name)
+    if im.mode in ("P", "PA") and ("transparency" in im.info or im.mode == "PA"):
+        return _to_rgb8(np.asarray(im.convert("RGBA")), name)
+    return _to_rgb8(np.asarray(im.convert("RGB")), name)  # P, CMYK, YCbCr, LAB, ...
+
+
+def _to_rgb8(array: np.ndarray, name: str) -> np.ndarray:
+    """Convert an (H, W), (H, W, 1|2|3|4) image of any integer/float depth to uint8 RGB.
+
+    16-bit values are scaled by 255/65535 with rounding (not clipped); Pillow's
+    32-bit ``I`` mode is treated as 16-bit (that is how it decodes 16-bit PNGs);
+    floats are taken as 0..255. Alpha is composited over black.
+    """
+    a = array[..., None] if array.ndim == 2 else array
+    if a.ndim != 3 or a.shape[2] not in (1, 2, 3, 4):
+        raise VideoError(f"unsupported image layout {array.shape} in {name}")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind in "iu":
+        wide = np.clip(a.astype(np.int64), 0, 65535)
+        a = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    else:
+        raise VideoError(f"unsupported pixel type {a.dtype} in {name}")
+    channels = a.shape[2]
+    if channels in (2, 4):
+        alpha = a[..., -1:].astype(np.uint16)
+        a = ((a[..., :-1].astype(np.uint16) * alpha + 127) // 255).astype(np.uint8)
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def _nearest_multiple(value: float, multiple: int) -> int:
+    return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
+
+
+def working_size(
+    height: int, width: int, size: int | tuple[int, int] | None, *, native: int, multiple: int = 64
+) -> tuple[int, int]:
+    """Return ``(H, W)`` of the working resolution for a ``height`` x ``width`` video.
+
+    ``size=None`` puts the short side at ``native``; an int puts the short side at
+    ``size``; a ``(W, H)`` tuple asks for exactly that. The long side keeps the aspect
+    ratio (``long * short_target / short``), and each side is then rounded to the
+    nearest multiple of ``multiple`` (halves round up; never below ``multiple``).
+    """
+    if height < 1 or width < 1:
+        raise VideoError(f"invalid video size {width}x{height}")
+    if multiple < 1:
+        raise VideoError(f"multiple must be positive, got {multiple}")
+    if isinstance(size, tuple):
+        target_w, target_h = size
+        if target_w < 1 or target_h < 1:
+            raise VideoError(f"size must be positive, got {target_w}x{target_h}")
+        return _nearest_multiple(target_h, multiple), _nearest_multiple(target_w, multiple)
+    short_target = native if size is None else size
+    if short_target < 1:
+        raise VideoError(f"size must be positive, got {short_target}")
+    short, long = min(height, width), max(height, width)
+    scaled_short = _nearest_multiple(short_target, multiple)
+    scaled_long = _nearest_multiple(long * short_target / short, multiple)
+    return (scaled_short, scaled_long) if height <= width else (scaled_long, scaled_short)
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """Parse ``"512"`` (short side) or ``"768x512"`` (width x height)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text)
+    if match is None:
+        raise VideoError(f"invalid size {text!r}: expected N or WxH, e.g. 512 or 768x512")
+    numbers = [int(g) for g in match.groups() if g is not None]
+    if any(n < 1 for n in numbers):
+        raise VideoError(f"invalid size {text!r}: sides must be positive")
+    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+
+
+def _check_frames(frames: np.ndarray, what: str = "frames") -> None:
+    if not isinstance(frames, np.ndarray) or frames.ndim != 4 or frames.shape[3] != 3 or frames.dtype != np.uint8:
+        shape = getattr(frames, "shape", None)
+        dtype = getattr(frames, "dtype", type(frames).__name__)
+        raise VideoError(f"{what} must be an (N, H, W, 3) uint8 array, got shape {shape} dtype {dtype}")
+
+
+def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``(N, H, W, 3)`` uint8 frames to ``(N, height, width, 3)`` with Pillow.
+
+    LANCZOS when either side shrinks; BICUBIC when neither does (less ringing when
+    upsampling). No cropping: the aspect ratio may change slightly. Frames that are
+    already the right size are returned unchanged (same object).
+    """
+    _check_frames(frames)
+    if height < 1 or width < 1:
+        raise VideoError(f"invalid target size {width}x{height}")
+    n, h, w = frames.shape[:3]
+    if (h, w) == (height, width):
+        return frames
+    method = Image.Resampling.BICUBIC if height >= h and width >= w else Image.Resampling.LANCZOS
+    out = np.empty((n, height, width, 3), np.uint8)
+    for i in range(n):
+        out[i] = np.asarray(Image.fromarray(frames[i]).resize((width, height), method))
+    return out
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float) -> None:
+    """Write frames as an H.264 (libx264, yuv420p, CRF 18) mp4, atomically.
+
+    The file is written to a hidden temporary sibling ending in ``.mp4`` and moved
+    into place with :func:`os.replace`; it is removed if encoding fails. Sizes are
+    kept exactly (``macro_block_size=1``); since yuv420p needs even sides, an odd
+    height/width is padded by repeating the last row/column (output is 1 px larger).
+    The container is mp4 whatever the suffix of ``path``.
+    """
+    _check_frames(frames)
+    if frames.shape[0] == 0:
+        raise VideoError("no frames to write")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise VideoError(f"fps must be positive, got {fps!r}")
+    h, w = frames.shape[1:3]
+    if h % 2 or w % 2:
+        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
+    try:
+        iio.imwrite(
+            tmp,
+            np.ascontiguousarray(frames),
+            plugin="FFMPEG",
+            fps=float(fps),
+            codec="libx264",
+            pixelformat="yuv420p",
+            macro_block_size=1,
+            quality=None,
+            output_params=["-crf", "18"],
+            ffmpeg_log_level="error",
+        )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_frames(directory: str | os.PathLike[str], frames: np.ndarray) -> list[Path]:
+    """Write ``00000.png``, ``00001.png``, ... into ``directory`` (created), each atomically.
+
+    Existing files with other names (e.g. frames beyond ``len(frames)`` from an
+    earlier, longer run) are left alone.
+    """
+    _check_frames(frames)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    for i, frame in enumerate(frames):
+        final = folder / f"{i:05d}.png"
+        tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            Image.fromarray(frame).save(tmp, format="PNG")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        paths.append(final)
+    return paths
+
+
+# --------------------------------------------------------------------------- misc
+
+
+def side_by_side(*videos: np.ndarray) -> np.ndarray:
+    """Concatenate equal-length videos left to right.
+
+    Videos whose height differs from the first one are resized to that height,
+    keeping their aspect ratio (width rounded to the nearest pixel).
+    """
+    if not videos:
+        raise VideoError("side_by_side needs at least one video")
+    for i, v in enumerate(videos):
+        _check_frames(v, f"video {i}")
+    lengths = [v.shape[0] for v in videos]
+    if len(set(lengths)) > 1:
+        raise VideoError(f"videos differ in length: {', '.join(map(str, lengths))} frames")
+    height = videos[0].shape[1]
+    parts = [
+        v if v.shape[1] == height else resize_frames(v, height, max(1, round(v.shape[2] * height / v.shape[1])))
+        for v in videos
+    ]
+    return np.ascontiguousarray(np.concatenate(parts, axis=2))
+
+
+def frames_hash(frames: np.ndarray) -> str:
+    """sha256 hex digest of the array's shape, dtype and raw bytes (a cache key input)."""
+    digest = hashlib.sha256()
+    digest.update(f"{tuple(frames.shape)}|{frames.dtype.str}|".encode())
+    digest.update(np.ascontiguousarray(frames).data)
+    return digest.hexdigest()
