@@ -14,9 +14,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tokenflow import CORRESPONDENCE, FEATURES, KEYFRAMES, Params, StageBase, StageContext, hookimpl
+from tokenflow import (
+    CORRESPONDENCE,
+    FEATURES,
+    INVERSION,
+    KEYFRAMES,
+    Params,
+    StageBase,
+    StageContext,
+    hookimpl,
+)
 from tokenflow.cache.store import create_array, write_coord
 from tokenflow.layouts import FeatureReader
+from tokenflow.source import SourcePass
 from tokenflow.stages import FRAME, LAYER, REF, TIMESTEP, TOKEN
 
 
@@ -50,19 +60,20 @@ def reference_frames(keyframes: np.ndarray, n_frames: int, batch_size: int, mode
     raise ValueError(f"unknown reference mode {mode!r}")
 
 
-def nearest_tokens(frames: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def nearest_tokens(frames: torch.Tensor, reference: torch.Tensor, batch: int = 4) -> torch.Tensor:
     """For each token of ``frames`` (F, S, C), the index of the most cosine-similar token of
-    ``reference`` (S', C): (F, S) int64."""
-    a = F.normalize(frames, dim=-1)
-    b = F.normalize(reference, dim=-1)
-    return torch.matmul(a, b.transpose(0, 1)).argmax(dim=-1)
+    ``reference`` (S', C): (F, S) int64. ``batch`` frames at a time bound the (S, S') memory."""
+    b = F.normalize(reference, dim=-1).transpose(0, 1)
+    out = [torch.matmul(F.normalize(frames[s:s + batch], dim=-1), b).argmax(dim=-1)
+           for s in range(0, frames.shape[0], batch)]
+    return torch.cat(out)
 
 
 class NNCorrespondence(StageBase):
     kind = CORRESPONDENCE
     name = "nn"
     version = 1
-    requires = (FEATURES, KEYFRAMES)
+    requires = (INVERSION, FEATURES, KEYFRAMES)
     reads_config = ("steps", "batch_size")
     Params = NNParams
     summary = "nearest-neighbour token fields of the source video to the reference keyframes"
@@ -77,9 +88,9 @@ class NNCorrespondence(StageBase):
         return 4 * 2 * n * ctx.config.steps * tokens
 
     def run(self, ctx: StageContext) -> None:
-        feats = FeatureReader(ctx.inputs[FEATURES])
+        feats = FeatureReader(ctx.inputs[FEATURES], SourcePass(ctx.model, ctx.inputs[INVERSION]))
         keyframes = np.asarray(ctx.inputs[KEYFRAMES]["keyframes"][...])
-        steps, n = len(feats.timesteps), int(ctx.inputs[FEATURES][feats.groups[feats.layers[0]]]["tokens"].shape[1])
+        steps, n = len(feats.timesteps), feats.n_frames
         refs = np.stack([reference_frames(keyframes[i], n, ctx.config.batch_size,
                                           self.params.references) for i in range(steps)])
         out = ctx.output
@@ -90,12 +101,13 @@ class NNCorrespondence(StageBase):
         arrays = {}
         for gname in sorted(set(feats.groups[layer] for layer in feats.layers)):
             members = [layer for layer in feats.layers if feats.groups[layer] == gname]
-            tokens = int(ctx.inputs[FEATURES][gname]["tokens"].shape[3])
+            tokens = feats.token_count(members[0])
             g = out.require_group(gname)
             write_coord(g, TIMESTEP, feats.timesteps)
             write_coord(g, FRAME, range(n))
             write_coord(g, LAYER, members)
             write_coord(g, REF, [0, 1])
+            write_coord(g, TOKEN, range(tokens))
             arr = create_array(g, "index", dims=(TIMESTEP, FRAME, LAYER, REF, TOKEN),
                                shape=(steps, n, len(members), 2, tokens), dtype="int32",
                                chunks=(1, n, 1, 2, tokens))

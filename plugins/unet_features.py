@@ -16,20 +16,24 @@ import numpy as np
 import torch
 
 from tokenflow import FEATURES, INVERSION, Params, StageBase, StageContext, StageError, hookimpl
-from tokenflow.attention import AttentionState, tokenflow_attention
+from tokenflow.attention import self_attention_layers
 from tokenflow.cache.store import create_array, write_coord
-from tokenflow.layouts import group_name, layer_shapes, read_timesteps
+from tokenflow.layouts import TOKEN_DIMS, group_name, layer_shapes
+from tokenflow.source import SourcePass
 from tokenflow.stages import CHANNEL, FRAME, HEIGHT, LAYER, TIMESTEP, TOKEN, WIDTH
 
 
 @dataclass(frozen=True)
 class UNetFeatureParams(Params):
     """``conv_layers``: ResNets whose residual is kept (module paths); ``conv_t``: fraction of
-    the editing steps, from the noisiest, for which it is kept; ``dtype``: storage precision."""
+    the editing steps, from the noisiest, for which it is kept; ``dtype``: storage precision;
+    ``store_tokens``: keep every layer's tokens (the default, ~23 MB per frame and step for SD at
+    512x512 in float16) or keep none and let readers recompute them with a source pass."""
 
     conv_layers: tuple[str, ...] = ("up_blocks.1.resnets.1",)
     conv_t: float = 0.8
     dtype: Literal["float16", "float32"] = "float16"
+    store_tokens: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.conv_t <= 1.0:
@@ -54,87 +58,87 @@ class UNetFeatures(StageBase):
         shapes = layer_shapes(ctx.model.unet, (h // f, w // f))
         item = 2 if self.params.dtype == "float16" else 4
         tokens = sum(s[0] * s[1] for p, s in shapes.items() if p.endswith(".attn1"))
+        tokens *= int(self.params.store_tokens)
         conv = sum(int(np.prod(shapes[p])) for p in self.params.conv_layers if p in shapes)
         steps = ctx.config.steps
         return item * n * (steps * tokens + self.conv_steps(steps) * conv)
 
     def run(self, ctx: StageContext) -> None:
-        model, out = ctx.model, ctx.output
+        model, out, params = ctx.model, ctx.output, self.params
         inv = ctx.inputs[INVERSION]
-        timesteps = read_timesteps(inv)
-        latents = inv["latents"]
-        n = int(latents.shape[1])
-        lat_hw = tuple(int(s) for s in latents.shape[3:])
-        for path in self.params.conv_layers:
+        for path in params.conv_layers:
             try:
                 model.unet.get_submodule(f"{path}.conv2")
             except AttributeError:
                 raise StageError(f"the UNet has no ResNet {path!r} (conv_layers)") from None
+        source = SourcePass(model, inv, params.conv_layers)
+        timesteps = source.timesteps
+        n = int(source.latents.shape[1])
         conv_steps = self.conv_steps(len(timesteps))
-        text = model.encode_prompts([str(inv.attrs.get("prompt", ""))])
         batch = int(ctx.options.get("unet_batch", ctx.config.batch_size))
-        dtype = self.params.dtype
-        shapes = layer_shapes(model.unet, lat_hw)
-        state = AttentionState()
+        shapes = layer_shapes(model.unet, tuple(int(s) for s in source.latents.shape[3:]))
+        layers = self_attention_layers(model.unet)
         arrays: dict[str, tuple] = {}
-        with torch.no_grad(), tokenflow_attention(model.unet, state, self.params.conv_layers) as layers:
-            groups: dict[str, list[str]] = {}
-            for layer in layers:
-                s, c = shapes[layer][0], shapes[layer][1]
-                hh, ww = shapes[layer][2:]
-                groups.setdefault(group_name(hh, ww, c), []).append(layer)
-            conv_groups: dict[str, list[str]] = {}
-            for path in self.params.conv_layers:
-                c, hh, ww = shapes[path]
-                conv_groups.setdefault(group_name(hh, ww, c), []).append(path)
-            where = {}
-            for gname, members in groups.items():
-                g = out.require_group(gname)
-                s, c = shapes[members[0]][:2]
-                write_coord(g, TIMESTEP, timesteps)
-                write_coord(g, FRAME, range(n))
-                write_coord(g, LAYER, members)
-                arr = create_array(g, "tokens", dims=(TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL),
-                                   shape=(len(timesteps), n, len(members), s, c), dtype=dtype,
-                                   chunks=(1, batch, 1, s, c))
-                for i, layer in enumerate(members):
-                    arrays[layer] = (arr, i)
-                    where[layer] = gname
-            for gname, members in conv_groups.items():
-                g = out.require_group(gname)
-                c, hh, ww = shapes[members[0]]
-                if TIMESTEP not in g:
-                    write_coord(g, TIMESTEP, timesteps)
-                    write_coord(g, FRAME, range(n))
-                write_coord(g, "conv_timestep", timesteps[:conv_steps])
-                write_coord(g, "conv_layer", members)
-                arr = create_array(g, "conv", dims=("conv_timestep", FRAME, "conv_layer", CHANNEL,
-                                                    HEIGHT, WIDTH),
-                                   shape=(conv_steps, n, len(members), c, hh, ww), dtype=dtype,
-                                   chunks=(1, batch, 1, c, hh, ww))
-                for i, path in enumerate(members):
-                    arrays[path] = (arr, i)
-                    where[path] = gname
-            write_coord(out, TIMESTEP, timesteps)
-            out.attrs.update({"layers": layers, "groups": where,
-                              "conv_layers": list(self.params.conv_layers)})
-            evals = 0
-            with ctx.bar(len(timesteps) * n, "features") as bar:
-                for i, t in enumerate(timesteps):
-                    for s0 in range(0, n, batch):
-                        x = torch.from_numpy(np.asarray(latents[i, s0:s0 + batch]))
-                        state.record = {}
-                        state.record_conv = {} if i < conv_steps else None
-                        record, record_conv = state.record, state.record_conv
-                        emb = text.expand(x.shape[0], -1, -1).to(model.device, model.dtype)
-                        model.unet(x.to(model.device, model.dtype), t, encoder_hidden_states=emb,
-                                   return_dict=False)
-                        for name, value in {**record, **(record_conv or {})}.items():
-                            arr, j = arrays[name]
-                            arr[i, s0:s0 + x.shape[0], j] = value.to(torch.float32).cpu().numpy()
-                        evals += x.shape[0]
-                        bar.update(x.shape[0])
-        out.attrs["stats"] = {"unet_frame_evals": evals}
+        where: dict[str, str] = {}
+        # one group per resolution: tokens (timestep, frame, layer, token, channel)
+        by_group: dict[str, list[str]] = {}
+        for layer in layers:
+            tokens, channels, hh, ww = shapes[layer]
+            by_group.setdefault(group_name(hh, ww, channels), []).append(layer)
+        for gname, members in by_group.items():
+            tokens, channels = shapes[members[0]][:2]
+            g = self._group(out, gname, timesteps, n, channels)
+            write_coord(g, LAYER, members)
+            write_coord(g, TOKEN, range(tokens))
+            where.update({layer: gname for layer in members})
+            if params.store_tokens:
+                arr = create_array(g, "tokens", dims=TOKEN_DIMS,
+                                   shape=(len(timesteps), n, len(members), tokens, channels),
+                                   dtype=params.dtype, chunks=(1, batch, 1, tokens, channels))
+                arrays.update({layer: (arr, i) for i, layer in enumerate(members)})
+        # conv residuals: (conv_timestep, frame, conv_layer, channel, y, x)
+        by_group = {}
+        for path in params.conv_layers:
+            channels, hh, ww = shapes[path]
+            by_group.setdefault(group_name(hh, ww, channels), []).append(path)
+        for gname, members in by_group.items():
+            channels, hh, ww = shapes[members[0]]
+            g = self._group(out, gname, timesteps, n, channels)
+            write_coord(g, "conv_timestep", timesteps[:conv_steps])
+            write_coord(g, "conv_layer", members)
+            write_coord(g, HEIGHT, range(hh))
+            write_coord(g, WIDTH, range(ww))
+            arr = create_array(g, "conv", dims=("conv_timestep", FRAME, "conv_layer", CHANNEL,
+                                                HEIGHT, WIDTH),
+                               shape=(conv_steps, n, len(members), channels, hh, ww),
+                               dtype=params.dtype, chunks=(1, batch, 1, channels, hh, ww))
+            arrays.update({path: (arr, i) for i, path in enumerate(members)})
+            where.update({path: gname for path in members})
+        write_coord(out, TIMESTEP, timesteps)
+        out.attrs.update({"layers": layers, "groups": where, "store_tokens": params.store_tokens,
+                          "conv_layers": list(params.conv_layers), "n_frames": n})
+        passes = [(i, s0) for i in range(len(timesteps)) for s0 in range(0, n, batch)
+                  if params.store_tokens or i < conv_steps]
+        with ctx.bar(len(passes), "features") as bar:
+            for i, s0 in passes:
+                frames = range(s0, min(s0 + batch, n))
+                tokens, residuals = source.run(i, frames, conv=i < conv_steps)
+                found = {**(tokens if params.store_tokens else {}), **residuals}
+                for name, value in found.items():
+                    arr, j = arrays[name]
+                    arr[i, s0:s0 + len(frames), j] = value.to(torch.float32).cpu().numpy()
+                bar.update(1)
+        out.attrs["stats"] = {"unet_frame_evals": source.frame_evals}
+
+    @staticmethod
+    def _group(out, name: str, timesteps, n: int, channels: int):
+        if name in out:
+            return out[name]
+        g = out.create_group(name)
+        write_coord(g, TIMESTEP, timesteps)
+        write_coord(g, FRAME, range(n))
+        write_coord(g, CHANNEL, range(channels))
+        return g
 
 
 @hookimpl

@@ -25,6 +25,9 @@ import zarr
 
 from .stages import CHANNEL, FRAME, LAYER, TIMESTEP, TOKEN
 
+#: Dims of the feature store's ``tokens`` arrays.
+TOKEN_DIMS = (TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL)
+
 
 def group_name(height: int, width: int, channels: int) -> str:
     return f"{height}x{width}x{channels}"
@@ -79,13 +82,20 @@ def read_timesteps(group: zarr.Group) -> list[int]:
 
 
 class FeatureReader:
-    """Reads source-branch tokens and conv residuals from a features store."""
+    """Reads source-branch tokens and conv residuals from a features store.
 
-    def __init__(self, store: zarr.Group) -> None:
+    A store written with ``store_tokens=False`` keeps no tokens; they are then recomputed with
+    ``source`` (a :class:`tokenflow.source.SourcePass`), which must be given.
+    """
+
+    def __init__(self, store: zarr.Group, source=None) -> None:
         self.store = store
+        self.source = source
+        self.stores_tokens = bool(store.attrs.get("store_tokens", True))
         self.groups: dict[str, str] = dict(store.attrs["groups"])
         self.layers: list[str] = list(store.attrs["layers"])
         self.timesteps = read_timesteps(store)
+        self.n_frames = int(store.attrs["n_frames"])
         self._layer_index: dict[str, int] = {}
         self._conv_index: dict[str, int] = {}
         for name in {self.groups[layer] for layer in self.layers}:
@@ -99,8 +109,15 @@ class FeatureReader:
                 self._conv_index[str(name)] = i
             self.conv_steps = int(group["conv"].shape[0])
 
+    def token_count(self, layer: str) -> int:
+        return int(self.store[self.groups[layer]][TOKEN].shape[0])
+
     def tokens(self, step: int, layer: str, frames: Sequence[int]) -> torch.Tensor:
         """(F, S, C) float32 norm1 tokens of ``layer`` at step index ``step`` for ``frames``."""
+        if not self.stores_tokens:
+            if self.source is None:
+                raise ValueError("this feature store keeps no tokens and no source pass was given")
+            return self.source.run(step, frames, conv=False)[0][layer].to(torch.float32)
         arr = self.store[self.groups[layer]]["tokens"]
         data = arr.get_orthogonal_selection(
             (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
@@ -144,4 +161,3 @@ class CorrespondenceReader:
         return torch.from_numpy(np.asarray(data, dtype=np.int64))
 
 
-TOKEN_DIMS = (TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL)

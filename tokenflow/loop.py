@@ -18,6 +18,7 @@ import zarr
 from .attention import AttentionState, tokenflow_attention
 from .cache.store import create_array, write_coord
 from .layouts import CorrespondenceReader, FeatureReader, read_timesteps
+from .source import SourcePass
 from .stages import (
     BLENDER,
     CORRESPONDENCE,
@@ -171,7 +172,7 @@ def _open_inputs(ctx: StageContext) -> dict[str, Any]:
     return {
         "inv": inv,
         "timesteps": timesteps,
-        "features": FeatureReader(ctx.inputs[FEATURES]),
+        "features": FeatureReader(ctx.inputs[FEATURES], SourcePass(ctx.model, inv)),
         "correspondence": CorrespondenceReader(corr) if corr is not None else None,
         "keyframes": keyframes,
     }
