@@ -31,6 +31,8 @@ LAYOUTS = {
 
 @dataclass
 class _MetaModel:
+    """What the stages' ``estimate_bytes`` read of a model."""
+
     unet: object
     vae_scale_factor: int = 8
 
@@ -43,6 +45,9 @@ def stage_sizes(unet_config: dict, frames: int, size: tuple[int, int], steps: in
     from tokenflow.stages import RunConfig, StageContext
     from tokenflow_plugins.ddim import DDIMInversion
     from tokenflow_plugins.nn_correspondence import NNCorrespondence
+    from tokenflow_plugins.pnp import PnPEditor
+    from tokenflow_plugins.random_keyframes import RandomKeyframes
+    from tokenflow_plugins.tokenflow_blender import TokenFlowBlender
     from tokenflow_plugins.unet_features import UNetFeatures
 
     with torch.device("meta"):
@@ -50,15 +55,13 @@ def stage_sizes(unet_config: dict, frames: int, size: tuple[int, int], steps: in
     ctx = StageContext(model=_MetaModel(unet), frames=np.zeros((frames, *size, 3), np.uint8),
                        config=RunConfig(steps=steps, batch_size=batch_size))
     features = UNetFeatures(UNetFeatures.Params(dtype=dtype, store_tokens=store_tokens))
-    h, w = size[0] // 8, size[1] // 8
-    k = -(-frames // batch_size)
     return {
         "inversion": DDIMInversion().estimate_bytes(ctx),
         "features": features.estimate_bytes(ctx),
-        "keyframes": 8 * steps * k,
+        "keyframes": RandomKeyframes().estimate_bytes(ctx),
         "correspondence": NNCorrespondence().estimate_bytes(ctx),
-        "editor": 4 * steps * k * (4 * h * w + 1),
-        "blender": 4 * steps * frames * 4 * h * w + frames * size[0] * size[1] * 3,
+        "editor": PnPEditor().estimate_bytes(ctx),
+        "blender": TokenFlowBlender().estimate_bytes(ctx),
     }
 
 

@@ -79,6 +79,13 @@ class PnPEditor(StageBase):
     propagates: ClassVar[bool] = True
     extended: ClassVar[bool] = True
 
+    def estimate_bytes(self, ctx) -> int:
+        n, h, w = ctx.frames.shape[:3]
+        k = n if not self.propagates else -(-n // ctx.config.batch_size)
+        f = ctx.model.vae_scale_factor
+        latents = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
+        return ctx.config.steps * k * (latents + 8)
+
     def upstream_params(self, config) -> dict:
         return {FEATURES: {"conv_layers": CONV_LAYERS, "conv_t": self.params.pnp_f_t}}
 

@@ -50,6 +50,9 @@ class RandomKeyframes(StageBase):
     Params = RandomKeyframeParams
     summary = "a uniformly drawn keyframe per chunk of --batch-size frames, new each timestep"
 
+    def estimate_bytes(self, ctx: StageContext) -> int:
+        return 8 * ctx.config.steps * -(-len(ctx.frames) // ctx.config.batch_size)
+
     def run(self, ctx: StageContext) -> None:
         inv = ctx.inputs[INVERSION]
         timesteps = read_timesteps(inv)

@@ -66,6 +66,12 @@ class TokenFlowBlender(StageBase):
     Params = TokenFlowBlendParams
     summary = "TokenFlow propagation: gather keyframe tokens by NN fields, blend, DDIM step"
 
+    def estimate_bytes(self, ctx) -> int:
+        n, h, w = ctx.frames.shape[:3]
+        f = ctx.model.vae_scale_factor
+        latents = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
+        return n * (ctx.config.steps * latents + h * w * 3)
+
     def upstream_params(self, config) -> dict:
         refs = "chunk" if self.params.weights == "reference" else "nearest"
         return {CORRESPONDENCE: {"references": refs}}

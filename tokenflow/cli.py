@@ -97,11 +97,22 @@ def _parse_choices(pairs) -> dict[str, str]:
     return out
 
 
+def _quiet_libraries() -> None:
+    """tokenflow shows its own progress; silence the libraries' bars and info chatter."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+
+
 def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, quiet):
     """Load the model and the video at the working resolution."""
     from .models import ModelError, load_model, parse_dtype
     from .video import VideoError, parse_size, read_video, resize_frames, working_size
 
+    _quiet_libraries()
     try:
         torch_dtype = parse_dtype(dtype) if dtype else None
         loaded = load_model(model, device=device, dtype=torch_dtype, revision=revision)
@@ -141,11 +152,33 @@ def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, para
     return Job(pm=pm, stages=stages, keys=keys, base=base)
 
 
+def _free_bytes(path: Path) -> int:
+    import shutil
+
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+#: Above this estimate, tf run mentions the option that keeps the feature store small.
+LARGE_CACHE = 8 * 2**30
+
+
 def _run_job(job, quiet: bool) -> dict:
     pending = job.pending()
     if pending:
+        need = job.estimate_bytes()
         _say(quiet, f"cache {job.base.cache.root}: computing {', '.join(pending)}; "
-                    f"about {_human(job.estimate_bytes())} to write")
+                    f"about {_human(need)} to write")
+        free = _free_bytes(job.base.cache.root)
+        hint = ("-o features.store_tokens false keeps the feature store small "
+                "(tokens are then recomputed when read; see docs/cache.md)")
+        if need > free:
+            raise click.ClickException(f"the cache needs about {_human(need)} but only "
+                                       f"{_human(free)} is free at {job.base.cache.root}; {hint}")
+        if need > LARGE_CACHE and "features" in pending:
+            _say(quiet, f"note: {hint}")
     else:
         _say(quiet, f"cache {job.base.cache.root}: every stage is cached")
     try:
@@ -242,7 +275,8 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
         psnr = report["psnr"]
         click.echo("reconstruction PSNR (dB) per frame: "
                    + " ".join(f"{p:.1f}" for p in psnr["per_frame"]))
-        click.echo(f"mean {psnr['mean']:.2f} dB, min {psnr['min']:.2f} dB")
+        click.echo(f"mean {psnr['mean']:.2f} dB, min {psnr['min']:.2f} dB "
+                   f"(VAE alone, encode+decode: mean {psnr['vae_mean']:.2f} dB)")
 
 
 @cli.command()
@@ -330,3 +364,7 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
