@@ -166,6 +166,9 @@ LARGE_CACHE = 8 * 2**30
 
 
 def _run_job(job, quiet: bool) -> dict:
+    root = job.base.cache.root
+    if root.exists() and not root.is_dir():
+        raise click.ClickException(f"--cache-dir {root} is a file, not a directory")
     pending = job.pending()
     if pending:
         need = job.estimate_bytes()
@@ -190,7 +193,7 @@ def _run_job(job, quiet: bool) -> dict:
 @cli.command()
 @click.argument("video", type=click.Path())
 @click.option("--prompt", required=True, help="The target prompt.")
-@click.option("--editor", default="pnp", show_default=True, help="Editor stage (see tf stages).")
+@click.option("--editor", default=None, help="Editor stage (see tf stages).  [default: pnp]")
 @click.option("--negative-prompt", default=None, help="Unconditional branch text.")
 @click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (7.5).")
 @click.option("--seed", default=1, show_default=True, type=int, help="Keyframe draws.")
@@ -201,13 +204,17 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
         revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size, n_frames,
         stride, size, cache_dir, options, stage_choices, quiet):
     """Edit VIDEO to follow --prompt with TokenFlow (inversion, keyframe edit, propagation)."""
-    from .outputs import output_dir_for, write_outputs
+    from .outputs import check_output_dir, output_dir_for, write_outputs
     from .stages import RunConfig
 
     _setup_threads()
     start = time.perf_counter()
     pm, registry = _manager_and_registry()
-    choices = {**_parse_choices(stage_choices), "editor": editor}
+    choices = _parse_choices(stage_choices)
+    if editor is not None:
+        if choices.get("editor", editor) != editor:
+            raise click.UsageError(f"--editor {editor} contradicts --stage editor={choices['editor']}")
+        choices["editor"] = editor
     loaded, clip, frames = _prepare(video, model=model, revision=revision, device=device,
                                     dtype=dtype, n_frames=n_frames, stride=stride, size=size,
                                     quiet=quiet)
@@ -224,6 +231,7 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
                      choices=choices, params=params, options=options, until="blender", quiet=quiet)
     out = Path(out_dir) if out_dir else output_dir_for(video)
     try:
+        check_output_dir(out, job.keys["blender"], overwrite=overwrite)
         results = _run_job(job, quiet)
         written = write_outputs(out, job, results, clip, frames, overwrite=overwrite,
                                 seconds=time.perf_counter() - start)
@@ -282,8 +290,13 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
 @cli.command()
 def plugins() -> None:
     """List loaded plugins with their distributions and hooks."""
+    from .manager import LOAD_PLUGINS_ENV
+
     pm, _ = _manager_and_registry()
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
+        if plugin is None:  # blocked by TOKENFLOW_LOAD_PLUGINS
+            click.echo(f"{name}  [blocked by {LOAD_PLUGINS_ENV}]")
+            continue
         dist = pm.distributions.get(name, ("tokenflow (core)", __version__))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         click.echo(f"{name}  [{dist[0]} {dist[1]}]  hooks: {', '.join(hooks)}")

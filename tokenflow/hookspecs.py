@@ -109,7 +109,8 @@ def run_stage(ctx: StageContext, stage: Stage) -> Any:
     Stops at the first non-None result. The stage cache answers first (``tryfirst``) when a
     complete entry exists; the built-in runner answers last (``trylast``) by computing the stage
     into a temporary store and renaming it into place. For the editing loop this hook is called
-    once with the blender stage and ``ctx.stages['editor']`` set.
+    once with the blender stage and ``ctx.stages["editor"]`` set; the lifecycle hooks are called
+    for both the editor and the blender around that call.
     """
 
 

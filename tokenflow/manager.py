@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pluggy
 
@@ -54,7 +55,8 @@ def make_plugin_manager(*, load_entry_points: bool = True, environ=None) -> Plug
 
 
 def _norm(name: str) -> str:
-    return name.lower().replace("_", "-")
+    """PEP 503 normalised distribution name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def load_group(pm: PluginManager, allow: set[str] | None = None) -> None:

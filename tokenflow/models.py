@@ -492,6 +492,24 @@ def _resolve(model: str | os.PathLike, revision: str | None) -> tuple[Path, str 
     return path, name if in_cache else None
 
 
+def _check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device that exists here, or :class:`ModelError`."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device {device!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
+    return dev
+
+
 def load_model(model: str | os.PathLike | None, *, device: torch.device | str | None = None,
                dtype: torch.dtype | str | None = None, revision: str | None = None) -> Model:
     """Load a frozen Stable Diffusion 1.x/2.x model (eval mode, no gradients) onto ``device`` in ``dtype``.
@@ -501,7 +519,7 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
     ``device``/``dtype`` default to :func:`default_device`/:func:`default_dtype`.
     Raises :class:`ModelError` with a one-line explanation for anything unusable.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = _check_device(device) if device is not None else default_device()
     if not isinstance(dtype, torch.dtype):
         dtype = default_dtype(device) if dtype is None else parse_dtype(dtype)
     if model is None:

@@ -30,6 +30,15 @@ def _same_run(out: Path, blender_key: str) -> bool:
     return previous.get("keys", {}).get("blender") == blender_key
 
 
+def check_output_dir(out: Path, blender_key: str, *, overwrite: bool) -> None:
+    """:class:`FileExistsError` unless ``out`` may receive this run's outputs."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite and not _same_run(out, blender_key):
+        raise FileExistsError(f"output directory {out} exists and holds another result; "
+                              "use --overwrite or another --out")
+
+
 def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrite: bool,
                   seconds: float) -> Path:
     """Write everything into a temporary sibling directory, then move it into place.
@@ -39,10 +48,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
     """
     from .video import side_by_side, write_frames, write_video
 
-    blender_key = job.keys["blender"]
-    if out.exists() and any(out.iterdir()) and not overwrite and not _same_run(out, blender_key):
-        raise FileExistsError(f"output directory {out} exists and holds another result; "
-                              "use --overwrite or another --out")
+    check_output_dir(out, job.keys["blender"], overwrite=overwrite)
     edited = np.asarray(job.base.cache.open(results["blender"].path)["frames"][...])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")

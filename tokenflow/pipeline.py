@@ -187,21 +187,24 @@ class Job:
                 continue  # runs inside the loop, with the blender
             kinds = [EDITOR, BLENDER] if kind == BLENDER else [kind]
             ctx = self._context(kinds)
-            key = self.keys[kind]
-            hook.before_stage(ctx=ctx, stage=stage, key=key)
+            observed = [(k, self.stages[k]) for k in kinds]  # the loop runs editor and blender
+            for k, s in observed:
+                hook.before_stage(ctx=ctx, stage=s, key=self.keys[k])
             try:
                 result = hook.run_stage(ctx=ctx, stage=stage)
             except BaseException as exc:
-                hook.on_stage_error(ctx=ctx, stage=stage, key=key, error=exc)
+                for k, s in observed:
+                    hook.on_stage_error(ctx=ctx, stage=s, key=self.keys[k], error=exc)
                 raise
-            hook.after_stage(ctx=ctx, stage=stage, key=key, result=result)
             self.results[kind] = result
             if kind == BLENDER:
                 editor = self.stages[EDITOR]
                 self.results[EDITOR] = StageResult(
                     EDITOR, editor.name, self.keys[EDITOR],
                     self.base.cache.path(EDITOR, editor.name, self.keys[EDITOR]),
-                    cached=result.cached, stats=result.stats)
+                    cached=result.cached, seconds=result.seconds, stats=result.stats)
+            for k, s in observed:
+                hook.after_stage(ctx=ctx, stage=s, key=self.keys[k], result=self.results[k])
         return self.results
 
 

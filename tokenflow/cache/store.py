@@ -141,10 +141,11 @@ class StageCache:
                 "created": time.time(),
             }
             if final.exists():
-                if self.meta(final) is not None:  # someone finished the same entry first
+                meta = self.meta(final)
+                if meta is not None and meta.get("key") == key:  # someone finished it first
                     shutil.rmtree(tmp, ignore_errors=True)
                     return
-                shutil.rmtree(final)
+                shutil.rmtree(final)  # partial, or another key sharing the 16-char prefix
             os.replace(tmp, final)
         finally:
             if tmp.exists():

@@ -1,0 +1,612 @@
+"""The stage cache: keys, atomic Zarr entries, per-stage hits and misses through ``tf run``,
+xarray readability of every store, and ``tf cache ls|rm``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from click.testing import CliRunner
+
+from tokenflow.cache.keys import canonical_json, stage_key
+from tokenflow.cache.store import META, StageCache, create_array, dir_size, safe_name
+from tokenflow.cli import cli
+from tokenflow.stages import KINDS, Params, RunConfig
+from tokenflow.testing import synthetic_frames
+from tokenflow.video import write_frames
+
+STEPS, FRAMES, BATCH = 4, 6, 3
+RUN_ARGS = ["--steps", str(STEPS), "--inversion-steps", str(STEPS), "--frames", str(FRAMES),
+            "--batch-size", str(BATCH), "--size", "64", "-q"]
+PROMPT = "a blue ball"
+
+
+# --------------------------------------------------------------------------------------------- keys
+
+BASE_KEY = dict(
+    kind="editor",
+    name="pnp",
+    version=1,
+    params={"prompt": "a blue ball", "guidance_scale": 7.5, "layers": ["a", "b"]},
+    upstream={"inversion": "11" * 32, "features": "22" * 32},
+    inputs={"model": "m" * 64, "video": "v" * 64, "config": {"steps": 4, "batch_size": 3}},
+)
+
+
+def test_stage_key_is_a_stable_sha256_whatever_the_dict_order() -> None:
+    key = stage_key(**BASE_KEY)
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    reordered = dict(
+        BASE_KEY,
+        params={"layers": ["a", "b"], "guidance_scale": 7.5, "prompt": "a blue ball"},
+        upstream={"features": "22" * 32, "inversion": "11" * 32},
+        inputs={"config": {"batch_size": 3, "steps": 4}, "video": "v" * 64, "model": "m" * 64},
+    )
+    assert stage_key(**reordered) == key
+    assert stage_key(**BASE_KEY) == key  # no hidden state between calls
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("params", {**BASE_KEY["params"], "prompt": "a red box"}),
+        ("params", {**BASE_KEY["params"], "guidance_scale": 7.0}),
+        ("params", {**BASE_KEY["params"], "layers": ["b", "a"]}),
+        ("params", {**BASE_KEY["params"], "extra": None}),
+        ("upstream", {**BASE_KEY["upstream"], "inversion": "12" * 32}),
+        ("upstream", {**BASE_KEY["upstream"], "keyframes": "33" * 32}),
+        ("inputs", {**BASE_KEY["inputs"], "video": "w" * 64}),
+        ("inputs", {**BASE_KEY["inputs"], "model": "n" * 64}),
+        ("inputs", {**BASE_KEY["inputs"], "config": {"steps": 5, "batch_size": 3}}),
+        ("version", 2),
+        ("name", "pnp-frames"),
+        ("kind", "blender"),
+    ],
+)
+def test_stage_key_changes_with_any_input(field: str, value) -> None:
+    assert stage_key(**{**BASE_KEY, field: value}) != stage_key(**BASE_KEY)
+
+
+def test_stage_key_of_a_params_dataclass_equals_that_of_its_fields() -> None:
+    @dataclass(frozen=True)
+    class P(Params):
+        prompt: str = "a blue ball"
+        guidance_scale: float = 7.5
+        layers: tuple[str, ...] = ("a", "b")
+
+    assert stage_key(**{**BASE_KEY, "params": P()}) == stage_key(**BASE_KEY)
+    assert stage_key(**{**BASE_KEY, "params": P(guidance_scale=8.0)}) != stage_key(**BASE_KEY)
+
+
+def test_canonical_json_is_sorted_and_compact() -> None:
+    assert canonical_json({"b": 1, "a": [1, (2, 3)], "c": {"z": None, "y": True}}) == (
+        '{"a":[1,[2,3]],"b":1,"c":{"y":true,"z":null}}'
+    )
+    assert canonical_json({"n": np.int64(3), "f": np.float32(0.5)}) == '{"f":0.5,"n":3}'
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), np.float32("nan"),
+                                 {"nested": [1.0, float("nan")]}])
+def test_canonical_json_rejects_non_finite_numbers(bad) -> None:
+    with pytest.raises(ValueError):
+        canonical_json(bad)
+    with pytest.raises(ValueError):
+        stage_key(**{**BASE_KEY, "params": {"x": bad}})
+
+
+# --------------------------------------------------------------------------------------------- StageCache
+
+KEY_A = "a" * 64
+KEY_B = "b" * 64
+
+
+def _temps(cache: StageCache) -> list[Path]:
+    if not cache.root.is_dir():
+        return []
+    return sorted(p for p in cache.root.rglob(".*") if ".tmp-" in p.name)
+
+
+def _write(cache: StageCache, kind: str, name: str, key: str, value: int = 0, **kw) -> Path:
+    with cache.writer(kind, name, key, **kw) as group:
+        create_array(group, "data", dims=("frame",), data=np.full(3, value))
+    return cache.path(kind, name, key)
+
+
+def test_writer_commits_atomically(tf_cache: StageCache) -> None:
+    final = tf_cache.path("inversion", "ddim", KEY_A)
+    assert final == tf_cache.root / "inversion" / f"ddim-{KEY_A[:16]}.zarr"
+    with tf_cache.writer("inversion", "ddim", KEY_A, params={"prompt": "x"}, version=3) as group:
+        create_array(group, "data", dims=("frame",), data=np.arange(3))
+        assert not final.exists()
+        assert tf_cache.lookup("inversion", "ddim", KEY_A) is None
+        assert tf_cache.entries() == []
+        (tmp,) = _temps(tf_cache)
+        assert tmp.parent == final.parent and tmp.name.startswith(".") and tmp.is_dir()
+    assert tf_cache.lookup("inversion", "ddim", KEY_A) == final
+    assert _temps(tf_cache) == []
+    meta = StageCache.meta(final)
+    assert meta is not None
+    assert (meta["complete"], meta["key"], meta["kind"], meta["name"], meta["version"],
+            meta["params"]) == (True, KEY_A, "inversion", "ddim", 3, {"prompt": "x"})
+    np.testing.assert_array_equal(tf_cache.open(final)["data"][...], np.arange(3))
+    (entry,) = tf_cache.entries()
+    assert (entry.kind, entry.name, entry.key, entry.path) == ("inversion", "ddim", KEY_A, final)
+    assert entry.size == dir_size(final) > 0
+
+
+def test_writer_exception_leaves_nothing(tf_cache: StageCache) -> None:
+    final = tf_cache.path("features", "unet", KEY_A)
+    with pytest.raises(RuntimeError, match="boom"):
+        with tf_cache.writer("features", "unet", KEY_A) as group:
+            create_array(group, "data", dims=("frame",), data=np.arange(3))
+            assert _temps(tf_cache)
+            raise RuntimeError("boom")
+    assert not final.exists()
+    assert tf_cache.lookup("features", "unet", KEY_A) is None
+    assert _temps(tf_cache) == []
+    assert list(final.parent.iterdir()) == []
+    assert tf_cache.entries() == []
+
+
+def test_writer_exception_keeps_an_existing_complete_entry(tf_cache: StageCache) -> None:
+    final = _write(tf_cache, "features", "unet", KEY_A, value=1)
+    with pytest.raises(KeyError):
+        with tf_cache.writer("features", "unet", KEY_A) as group:
+            create_array(group, "data", dims=("frame",), data=np.full(3, 2))
+            raise KeyError("stop")
+    assert tf_cache.lookup("features", "unet", KEY_A) == final
+    np.testing.assert_array_equal(tf_cache.open(final)["data"][...], np.full(3, 1))
+    assert _temps(tf_cache) == []
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        None,  # a group with no tokenflow attrs at all (interrupted before marking)
+        {"complete": False, "kind": "keyframes", "name": "random", "key": KEY_A},
+        {"complete": "true", "kind": "keyframes", "name": "random", "key": KEY_A},
+        {"kind": "keyframes", "name": "random", "key": KEY_A},
+    ],
+)
+def test_partial_entry_is_not_a_hit_and_is_replaced(tf_cache: StageCache, attrs) -> None:
+    final = tf_cache.path("keyframes", "random", KEY_A)
+    group = zarr.open_group(str(final), mode="w", zarr_format=3)
+    create_array(group, "stale", dims=("frame",), data=np.arange(4))
+    if attrs is not None:
+        group.attrs[META] = attrs
+    assert final.is_dir()
+    assert StageCache.meta(final) is None
+    assert tf_cache.lookup("keyframes", "random", KEY_A) is None
+    assert tf_cache.entries() == []
+    assert tf_cache.remove(KEY_A[:8]) == []  # only complete entries are listed or removed
+    _write(tf_cache, "keyframes", "random", KEY_A, value=5)
+    assert tf_cache.lookup("keyframes", "random", KEY_A) == final
+    store = tf_cache.open(final)
+    assert "stale" not in store and "data" in store
+    assert [e.key for e in tf_cache.entries()] == [KEY_A]
+
+
+def test_a_directory_that_is_not_zarr_is_not_a_hit(tf_cache: StageCache) -> None:
+    final = tf_cache.path("keyframes", "random", KEY_A)
+    final.mkdir(parents=True)
+    (final / "junk.txt").write_text("not a store")
+    assert tf_cache.lookup("keyframes", "random", KEY_A) is None
+    assert tf_cache.entries() == []
+
+
+def test_complete_entry_recording_another_key_is_not_a_hit(tf_cache: StageCache) -> None:
+    final = _write(tf_cache, "editor", "pnp", KEY_A)
+    group = zarr.open_group(str(final), mode="r+")
+    group.attrs[META] = {**group.attrs[META], "key": KEY_B}
+    assert tf_cache.lookup("editor", "pnp", KEY_A) is None
+    # Two keys sharing the 16-character path prefix land on the same path: only the recorded
+    # key is a hit.
+    other = KEY_A[:16] + "0" * 48
+    final2 = _write(tf_cache, "blender", "tokenflow", KEY_A)
+    assert tf_cache.path("blender", "tokenflow", other) == final2
+    assert tf_cache.lookup("blender", "tokenflow", other) is None
+    assert tf_cache.lookup("blender", "tokenflow", KEY_A) == final2
+
+
+def test_writer_for_a_colliding_key_replaces_the_other_entry(tf_cache: StageCache) -> None:
+    other = KEY_A[:16] + "0" * 48
+    _write(tf_cache, "blender", "tokenflow", KEY_A, value=1)
+    final = _write(tf_cache, "blender", "tokenflow", other, value=2)
+    assert tf_cache.lookup("blender", "tokenflow", other) == final
+    np.testing.assert_array_equal(tf_cache.open(final)["data"][...], np.full(3, 2))
+
+
+def test_remove_by_prefix_and_clear(tf_cache: StageCache) -> None:
+    k1, k2, k3 = "1234" + "0" * 60, "1299" + "0" * 60, "abcd" + "e" * 60
+    p1 = _write(tf_cache, "inversion", "ddim", k1)
+    p2 = _write(tf_cache, "features", "unet", k2)
+    p3 = _write(tf_cache, "keyframes", "random", k3)
+    with pytest.raises(ValueError):
+        tf_cache.remove("123")
+    assert tf_cache.remove("ffff") == []
+    gone = tf_cache.remove("12340")
+    assert [e.key for e in gone] == [k1] and not p1.exists() and p2.exists()
+    gone = tf_cache.remove("ABCDE")  # keys are hex: prefixes are case-insensitive
+    assert [e.key for e in gone] == [k3] and not p3.exists()
+    assert [e.key for e in tf_cache.entries()] == [k2]
+    leftover = tf_cache.root / "features" / ".unet-x.tmp-1-deadbeef.zarr"
+    leftover.mkdir()
+    (tf_cache.root / "README.md").write_text("keep me")
+    gone = tf_cache.clear()
+    assert [e.key for e in gone] == [k2]
+    assert not p2.exists() and not leftover.exists()
+    assert tf_cache.entries() == []
+    assert (tf_cache.root / "README.md").read_text() == "keep me"
+    assert tf_cache.clear() == []
+
+
+def test_clear_and_entries_of_a_missing_root(tmp_path: Path) -> None:
+    cache = StageCache(tmp_path / "nowhere")
+    assert cache.entries() == [] and cache.clear() == []
+    assert not cache.root.exists()
+
+
+@pytest.mark.parametrize("name", ["a/b", "../../escape", "a\\b", "..", ".hidden", "x y:z*"])
+def test_names_with_path_separators_are_sanitised(tf_cache: StageCache, name: str) -> None:
+    safe = safe_name(name)
+    assert safe and not safe.startswith(".")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", safe)
+    path = _write(tf_cache, name, name, KEY_A)
+    assert path.parent.parent == tf_cache.root
+    assert path.name == f"{safe}-{KEY_A[:16]}.zarr"
+    assert path.resolve().is_relative_to(tf_cache.root.resolve())
+    assert tf_cache.lookup(name, name, KEY_A) == path
+    (entry,) = tf_cache.entries()
+    assert (entry.kind, entry.name) == (name, name)  # the metadata keeps the real names
+
+
+def test_safe_name_keeps_plain_names() -> None:
+    for plain in ("pnp", "pnp-frames", "tokenflow", "nn_v2", "a.b"):
+        assert safe_name(plain) == plain
+
+
+# --------------------------------------------------------------------------------------------- CLI runs
+
+
+@dataclass
+class World:
+    root: Path
+    clip: Path
+    clip2: Path
+    model: Path
+    model2: Path
+    cache: Path
+    env: dict
+
+    def run(self, *extra: str, prompt: str = PROMPT, video: Path | None = None,
+            model: Path | None = None, cache: Path | None = None, out: Path | None = None) -> dict:
+        out = out or self.root / f"out-{uuid.uuid4().hex[:8]}"
+        args = ["run", str(video or self.clip), "--prompt", prompt, "--model", str(model or self.model),
+                *RUN_ARGS, "--cache-dir", str(cache or self.cache), "--out", str(out), *extra]
+        result = CliRunner().invoke(cli, args, env=self.env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "run.json").read_text())
+
+
+def _env(root: Path) -> dict:
+    return {"TOKENFLOW_HASH_CACHE": str(root / "hash-memo"), "HF_HUB_OFFLINE": "1",
+            "TOKENFLOW_LOAD_PLUGINS": None, "TOKENFLOW_CACHE_DIR": None}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> World:
+    from tokenflow.models import save_tiny_model
+
+    root = tmp_path_factory.mktemp("cache-cli")
+    write_frames(root / "clip", synthetic_frames())
+    write_frames(root / "clip2", synthetic_frames(seed=1))
+    model2 = save_tiny_model(root / "model2", "sd15", seed=1)
+    return World(root=root, clip=root / "clip", clip2=root / "clip2", model=Path(tf_tiny_model_dir),
+                 model2=model2, cache=root / "cache", env=_env(root))
+
+
+@dataclass
+class Baseline:
+    first: dict
+    second: dict
+
+
+@pytest.fixture(scope="module")
+def baseline(world: World) -> Baseline:
+    first = world.run()
+    second = world.run()
+    return Baseline(first, second)
+
+
+def cached(doc: dict) -> dict[str, bool]:
+    return {kind: info["cached"] for kind, info in doc["cache"].items()}
+
+
+def changed_keys(doc: dict, base: dict) -> set[str]:
+    return {kind for kind in KINDS if doc["keys"][kind] != base["keys"][kind]}
+
+
+def expect(recomputed: set[str]) -> dict[str, bool]:
+    return {kind: kind not in recomputed for kind in KINDS}
+
+
+def test_first_run_computes_every_stage(baseline: Baseline) -> None:
+    assert cached(baseline.first) == expect(set(KINDS))
+    for kind in KINDS:
+        assert Path(baseline.first["cache"][kind]["path"]).is_dir()
+        assert baseline.first["keys"][kind][:16] in baseline.first["cache"][kind]["path"]
+
+
+def test_same_command_is_a_hit_for_every_stage(baseline: Baseline) -> None:
+    assert cached(baseline.second) == expect(set())
+    assert baseline.second["keys"] == baseline.first["keys"]
+    assert baseline.second["cache"]["blender"]["stats"] == baseline.first["cache"]["blender"]["stats"]
+
+
+def test_new_prompt_recomputes_only_editor_and_blender(world: World, baseline: Baseline) -> None:
+    doc = world.run(prompt="a red box")
+    assert cached(doc) == expect({"editor", "blender"})
+    assert changed_keys(doc, baseline.first) == {"editor", "blender"}
+    assert doc["stages"]["editor"]["params"]["prompt"] == "a red box"
+
+
+def test_new_seed_recomputes_from_keyframes_on(world: World, baseline: Baseline) -> None:
+    doc = world.run("--seed", "7")
+    recomputed = {"keyframes", "correspondence", "editor", "blender"}
+    assert cached(doc) == expect(recomputed)
+    assert changed_keys(doc, baseline.first) == recomputed
+    assert doc["stages"]["keyframes"]["params"]["seed"] == 7
+
+
+def test_another_video_recomputes_everything(world: World, baseline: Baseline) -> None:
+    doc = world.run(video=world.clip2)
+    assert cached(doc) == expect(set(KINDS))
+    assert changed_keys(doc, baseline.first) == set(KINDS)
+
+
+def test_another_model_recomputes_everything(world: World, baseline: Baseline) -> None:
+    doc = world.run(model=world.model2)
+    assert doc["model"]["key"] != baseline.first["model"]["key"]
+    assert cached(doc) == expect(set(KINDS))
+    assert changed_keys(doc, baseline.first) == set(KINDS)
+
+
+def test_paths_and_device_are_not_hashed(world: World, baseline: Baseline) -> None:
+    copy = Path(shutil.copytree(world.model, world.root / "model-copy"))
+    doc = world.run("--device", "cpu", model=copy)
+    assert doc["model"]["id"] == str(copy)
+    assert doc["model"]["key"] == baseline.first["model"]["key"]
+    assert cached(doc) == expect(set())
+    assert doc["keys"] == baseline.first["keys"]
+
+
+def _plan(**kw):
+    from tokenflow.manager import make_plugin_manager
+    from tokenflow.pipeline import plan
+    from tokenflow.registry import build_registry
+
+    config = RunConfig(steps=STEPS, batch_size=BATCH)
+    registry = build_registry(make_plugin_manager(environ={}))
+    return config, plan(registry, config, params={"editor": {"prompt": PROMPT}}, **kw)
+
+
+def _plain(params) -> dict:
+    return json.loads(canonical_json(dataclasses.asdict(params)))
+
+
+def test_blender_weights_change_correspondence_but_not_features(world: World, baseline: Baseline) -> None:
+    doc = world.run("-o", "weights", "linear")
+    recomputed = {"correspondence", "editor", "blender"}
+    assert changed_keys(doc, baseline.first) == recomputed
+    assert cached(doc) == expect(recomputed)
+    assert doc["stages"]["correspondence"]["params"] == {"references": "nearest"}
+    assert doc["stages"]["blender"]["params"] == {"weights": "linear"}
+    config, stages = _plan(options=[("weights", "linear")])
+    imposed = stages["blender"].upstream_params(config)
+    assert imposed == {"correspondence": {"references": "nearest"}}
+    assert _plain(stages["correspondence"].params) == doc["stages"]["correspondence"]["params"]
+
+
+def test_pnp_f_t_imposes_conv_t_on_the_feature_store(world: World, baseline: Baseline) -> None:
+    doc = world.run("-o", "pnp_f_t", "0.6")
+    # The editor needs conv residuals for int(0.6 * steps) steps: the feature store keeps
+    # exactly that many, so its key (and everything downstream of it) changes.
+    recomputed = {"features", "correspondence", "editor", "blender"}
+    assert changed_keys(doc, baseline.first) == recomputed
+    assert cached(doc) == expect(recomputed)
+    assert doc["stages"]["features"]["params"]["conv_t"] == 0.6
+    assert doc["stages"]["editor"]["params"]["pnp_f_t"] == 0.6
+    config, stages = _plan(options=[("pnp_f_t", "0.6")])
+    imposed = stages["editor"].upstream_params(config)["features"]
+    assert imposed["conv_t"] == 0.6
+    assert _plain(stages["features"].params) == doc["stages"]["features"]["params"]
+    store = zarr.open_group(doc["cache"]["features"]["path"], mode="r")
+    conv_groups = [g for g in store.group_keys() if "conv" in store[g]]
+    assert conv_groups and all(store[g]["conv"].shape[0] == int(0.6 * STEPS) for g in conv_groups)
+
+
+def test_contradicting_an_imposed_parameter_is_an_error() -> None:
+    from tokenflow.stages import ParamError
+
+    with pytest.raises(ParamError, match="contradicts"):
+        _plan(options=[("pnp_f_t", "0.6"), ("conv_t", "0.5")])
+    _, stages = _plan(options=[("pnp_f_t", "0.6"), ("conv_t", "0.6")])  # agreeing is fine
+    assert stages["features"].params.conv_t == 0.6
+
+
+# --------------------------------------------------------------------------------------------- xarray
+
+
+def _editing_grid(model_dir: Path) -> list[int]:
+    from diffusers import DDIMScheduler
+
+    config = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())
+    scheduler = DDIMScheduler.from_config(config)
+    scheduler.set_timesteps(STEPS)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def _groups(path: str) -> list[str]:
+    root = zarr.open_group(path, mode="r")
+    return ["/"] + sorted(f"/{name}" for name in root.group_keys())
+
+
+def _open(path: str, group: str) -> xr.Dataset:
+    return xr.open_zarr(path, group=None if group == "/" else group.lstrip("/"), consolidated=False)
+
+
+def test_every_store_opens_in_xarray_with_named_dims(baseline: Baseline) -> None:
+    for kind in KINDS:
+        path = baseline.first["cache"][kind]["path"]
+        tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+        assert sorted(node.path for node in tree.subtree) == _groups(path)
+        for group in _groups(path):
+            ds = _open(path, group)
+            for name, var in ds.variables.items():
+                assert var.dims, f"{kind}{group}:{name} has no dims"
+                assert not any(re.fullmatch(r"dim_\d+", d) for d in var.dims), (kind, group, name)
+            assert set(ds.data_vars) == set(tree[group].ds.data_vars)
+
+
+def test_inversion_store_dims_and_timesteps(baseline: Baseline, world: World) -> None:
+    ds = _open(baseline.first["cache"]["inversion"]["path"], "/")
+    assert ds["latents"].dims == ("timestep", "frame", "latent_channel", "latent_y", "latent_x")
+    assert ds["latents"].shape == (STEPS, FRAMES, 4, 64 // 8, 128 // 8)
+    assert ds["x0"].dims == ("frame", "latent_channel", "latent_y", "latent_x")
+    assert ds["timestep"].values.tolist() == _editing_grid(world.model)
+    assert ds["frame"].values.tolist() == list(range(FRAMES))
+
+
+def test_feature_store_dims_layers_and_timesteps(baseline: Baseline, world: World) -> None:
+    from diffusers import UNet2DConditionModel
+
+    path = baseline.first["cache"]["features"]["path"]
+    unet = UNet2DConditionModel.from_pretrained(world.model, subfolder="unet")
+    attn1 = {name for name, _ in unet.named_modules() if name.endswith(".attn1")}
+    grid = _editing_grid(world.model)
+    seen: list[str] = []
+    tree = xr.open_datatree(path, engine="zarr", consolidated=False)
+    for group in _groups(path)[1:]:
+        ds = _open(path, group)
+        if "tokens" not in ds:
+            continue
+        assert ds["tokens"].dims == ("timestep", "frame", "layer", "token", "channel")
+        assert ds["timestep"].values.tolist() == grid
+        assert tree[group]["tokens"].dims == ds["tokens"].dims
+        layers = [str(v) for v in ds["layer"].values]
+        assert all(layer.endswith("attn1") for layer in layers)
+        for layer in layers:
+            unet.get_submodule(layer)  # a real diffusers module path
+        seen += layers
+        # one token per latent position at that resolution
+        h, w, c = (int(v) for v in group.strip("/").split("x"))
+        assert ds.sizes["token"] == h * w and ds.sizes["channel"] == c
+    assert sorted(seen) == sorted(attn1)
+    assert len(seen) == len(set(seen))
+    root = zarr.open_group(path, mode="r")
+    assert sorted(root.attrs["layers"]) == sorted(attn1)
+
+
+def test_correspondence_keyframes_editor_and_blender_dims(baseline: Baseline, world: World) -> None:
+    grid = _editing_grid(world.model)
+    corr = baseline.first["cache"]["correspondence"]["path"]
+    ref = _open(corr, "/")
+    assert ref["reference"].dims == ("timestep", "frame", "ref")
+    n_index = 0
+    for group in _groups(corr)[1:]:
+        ds = _open(corr, group)
+        assert ds["index"].dims == ("timestep", "frame", "layer", "ref", "token")
+        assert ds["timestep"].values.tolist() == grid
+        assert int(ds["index"].max()) < ds.sizes["token"] and int(ds["index"].min()) >= 0
+        n_index += 1
+    assert n_index >= 2
+
+    kf = _open(baseline.first["cache"]["keyframes"]["path"], "/")
+    assert kf["keyframes"].dims == ("timestep", "chunk")
+    assert kf["keyframes"].shape == (STEPS, -(-FRAMES // BATCH))
+    chunk_of = kf["keyframes"].values // BATCH
+    assert (chunk_of == np.arange(kf.sizes["chunk"])[None]).all()  # one keyframe inside each chunk
+
+    ed = _open(baseline.first["cache"]["editor"]["path"], "/")
+    assert ed["keyframes"].dims[0] == "timestep"
+    np.testing.assert_array_equal(ed["keyframes"].values, kf["keyframes"].values)
+
+    bl = _open(baseline.first["cache"]["blender"]["path"], "/")
+    assert bl["frames"].dims == ("frame", "y", "x", "rgb")
+    assert bl["frames"].shape == (FRAMES, 64, 128, 3) and bl["frames"].dtype == np.uint8
+    assert bl["latents"].dims == ("timestep", "frame", "latent_channel", "latent_y", "latent_x")
+
+
+# --------------------------------------------------------------------------------------------- tf cache
+
+
+def _invoke(*args: str, env: dict):
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    keys = baseline.first["keys"]
+    for kind in KINDS:  # a copy of the baseline run's entries only
+        src = Path(baseline.first["cache"][kind]["path"])
+        shutil.copytree(src, cache / src.relative_to(world.cache))
+
+    def ls() -> list[dict]:
+        result = _invoke("cache", "ls", "--cache-dir", str(cache), "--json", env=world.env)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    listed = [e for e in ls() if e["key"] in keys.values()]
+    assert sorted(e["kind"] for e in listed) == sorted(KINDS)
+    for e in listed:
+        assert e["key"] == keys[e["kind"]]
+        assert e["name"] == baseline.first["stages"][e["kind"]]["name"]
+        assert e["params"] == baseline.first["stages"][e["kind"]]["params"]
+        assert e["size"] == dir_size(Path(e["path"])) > 0
+        assert Path(e["path"]).parent.parent == cache
+    total = len(ls())
+
+    for kind in ("keyframes", "editor"):
+        result = _invoke("cache", "rm", keys[kind][:12], "--cache-dir", str(cache), env=world.env)
+        assert result.exit_code == 0, result.output
+        assert f"removed {kind}/" in result.stdout
+    remaining = ls()
+    assert len(remaining) == total - 2
+    assert {e["key"] for e in remaining}.isdisjoint({keys["keyframes"], keys["editor"]})
+
+    # An interrupted cache resumes: only what is missing (and the blender, which the editing
+    # loop writes together with the editor) is recomputed, under the same keys.
+    doc = world.run(cache=cache)
+    assert doc["keys"] == keys
+    assert cached(doc) == expect({"keyframes", "editor", "blender"})
+
+    result = _invoke("cache", "rm", "ffffffffffff", "--cache-dir", str(cache), env=world.env)
+    assert result.exit_code == 1 and "no cache entry" in result.output
+    result = _invoke("cache", "rm", "abc", "--cache-dir", str(cache), env=world.env)
+    assert result.exit_code == 2
+    result = _invoke("cache", "rm", "--cache-dir", str(cache), env=world.env)
+    assert result.exit_code == 2 and "--all" in result.output
+    result = _invoke("cache", "rm", keys["blender"][:8], "--all", "--cache-dir", str(cache), env=world.env)
+    assert result.exit_code == 2
+
+    result = _invoke("cache", "rm", "--all", "--cache-dir", str(cache), env=world.env)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("removed ") == total
+    assert ls() == []
+    assert not list(cache.glob("*/*.zarr"))
+
+
+def test_tf_cache_ls_text(world: World, baseline: Baseline) -> None:
+    result = _invoke("cache", "ls", "--cache-dir", str(world.cache), env=world.env)
+    assert result.exit_code == 0, result.output
+    for kind, key in baseline.first["keys"].items():
+        assert any(line.startswith(kind) and key[:16] in line for line in result.stdout.splitlines())
