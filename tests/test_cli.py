@@ -397,3 +397,24 @@ def test_bad_device_is_a_one_line_error(world: World, tmp_path: Path, device: st
     result = world.run("--device", device, out=tmp_path / "out", cache=tmp_path / "cache")
     _one_line_error(result, 1, device)
     assert not (tmp_path / "out").exists()
+
+
+def test_sd21_layout_with_v_prediction_runs_end_to_end(world: World, tmp_path: Path) -> None:
+    """SD 2.x shape (linear proj_in, per-block head dims) and a v-prediction scheduler."""
+    from tokenflow.models import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "sd21v", "sd21", seed=5, prediction_type="v_prediction")
+    out = tmp_path / "out"
+    result = world.invoke("run", str(world.clip), "--prompt", PROMPT, "--model", str(model),
+                          *COMMON, "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+                          "-o", "weights", "linear")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["stages"]["blender"]["params"] == {"weights": "linear"}
+    assert doc["stages"]["correspondence"]["params"] == {"references": "nearest"}
+    stats = doc["cache"]["blender"]["stats"]
+    assert stats["unet_frame_evals"] == STEPS * 2 * (K + N)
+    edited = read_video(out / "edited.mp4").frames
+    assert edited.shape == (N, HEIGHT, WIDTH, 3)
+    cached = _blender_frames(doc)
+    assert cached.shape == (N, HEIGHT, WIDTH, 3) and cached.std() > 0
