@@ -128,6 +128,9 @@ def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, q
     except VideoError as exc:
         raise click.ClickException(str(exc)) from None
     frames = resize_frames(clip.frames, height, width)
+    if n_frames is not None and len(clip) < n_frames:
+        _say(quiet, f"note: --frames {n_frames} asked for more frames than the video has; "
+                    f"using all {len(clip)}")
     _say(quiet, f"video: {len(clip)} frames at {clip.fps:g} fps, "
                 f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
     return loaded, clip, frames

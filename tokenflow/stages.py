@@ -98,14 +98,13 @@ def coerce(hint: Any, value: Any, *, name: str = "value") -> Any:
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             if type(None) in args:
                 return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(arg, value, name=name)
-            except ParamError as exc:
-                errors.append(str(exc))
+            except ParamError:
+                continue
         raise ParamError(f"{name}: expected {type_label(hint)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(hint)
