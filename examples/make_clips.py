@@ -1,54 +1,72 @@
-"""Regenerate the example clips in examples/clips/ (deterministic; no downloads).
+"""Regenerate the example clips in examples/clips/ from tokenflow's procedural world.
 
     python examples/make_clips.py
+
+Deterministic, no downloads. Every clip is rendered at 128x256 (twice the embedded model's
+working size of 64x128, which `tf run` resizes to) with objects the embedded model knows:
+see examples/README.md for what each shows and prompts to try.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from tokenflow.video import write_video
+from tokenflow.world import Scene, Thing, render
+
 HERE = Path(__file__).resolve().parent / "clips"
+HEIGHT, WIDTH = 128, 256  # the world measures positions in units of the short side
 
 
-def checkered_floor(height: int, width: int, cell: int = 16) -> np.ndarray:
-    """A light/dark checkerboard below a sky gradient."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    board = ((yy // cell + xx // cell) % 2).astype(np.float32)
-    floor = np.stack([200 - 90 * board, 200 - 90 * board, 190 - 80 * board], axis=-1)
-    sky = np.stack([np.full_like(board, 150), 180 + 40 * yy / height, np.full_like(board, 235)], -1)
-    horizon = height // 3
-    return np.where((yy < horizon)[..., None], sky, floor)
+def _clip(scenes: list[Scene]) -> np.ndarray:
+    return np.stack([render(s, HEIGHT, WIDTH)[0] for s in scenes])
 
 
-def ball_clip(n: int = 16, height: int = 128, width: int = 192) -> np.ndarray:
-    """A shaded red ball rolling left to right across a checkered floor."""
-    background = checkered_floor(height, width)
-    yy, xx = np.mgrid[0:height, 0:width]
-    radius = height // 5
-    frames = []
+def ball(n: int = 24) -> np.ndarray:
+    """A red ball rolling left to right on a checkered floor."""
+    base = Scene("checkered floor", (Thing("ball", "red", cx=0.4, cy=0.5, radius=0.28),), cell=8)
+    return _clip([base.with_thing(0, cx=0.35 + 1.3 * i / (n - 1), cy=0.5 + 0.06 * np.sin(i / 3))
+                  for i in range(n)])
+
+
+def turning_box(n: int = 24) -> np.ndarray:
+    """A striped blue box turning in place while drifting right, on sand."""
+    base = Scene("sand", (Thing("box", "blue", "striped", cx=0.7, cy=0.5, radius=0.3),))
+    return _clip([base.with_thing(0, angle=90 * i / (n - 1), cx=0.7 + 0.5 * i / (n - 1))
+                  for i in range(n)])
+
+
+def passing(n: int = 32) -> np.ndarray:
+    """A green triangle passes behind a yellow ball in front of a gray wall."""
+    triangle = Thing("triangle", "green", cx=0.3, cy=0.45, radius=0.27)
+    front = Thing("ball", "yellow", "dotted", cx=1.0, cy=0.55, radius=0.3)
+    scenes = []
     for i in range(n):
-        cx = radius + 4 + (width - 2 * radius - 8) * i / max(1, n - 1)
-        cy = height * 0.62 + 4 * np.sin(i / 2)
-        d2 = (xx - cx) ** 2 + (yy - cy) ** 2
-        inside = d2 <= radius ** 2
-        light = 0.55 + 0.45 * np.clip(1 - ((xx - cx + radius / 3) ** 2 + (yy - cy + radius / 3) ** 2)
-                                      / (1.6 * radius ** 2), 0, 1)
-        ball = np.stack([230 * light, 40 * light, 40 * light], axis=-1)
-        shadow = ((xx - cx) ** 2 / 4 + (yy - cy - radius) ** 2 * 4) <= radius ** 2 / 2
-        frame = np.where(shadow[..., None], background * 0.6, background)
-        frame = np.where(inside[..., None], ball, frame)
-        frames.append(frame)
-    return np.clip(np.stack(frames), 0, 255).astype(np.uint8)
+        t = i / (n - 1)
+        scenes.append(Scene("gray wall", (replace(triangle, cx=0.3 + 1.4 * t, angle=40 * t),
+                                          replace(front, cx=1.0 - 0.1 * t))))
+    return _clip(scenes)
+
+
+def sky(n: int = 16) -> np.ndarray:
+    """An orange ball rising across the sky."""
+    base = Scene("sky", (Thing("ball", "orange", cx=0.6, cy=0.7, radius=0.25),))
+    return _clip([base.with_thing(0, cx=0.6 + 0.8 * i / (n - 1), cy=0.7 - 0.35 * i / (n - 1))
+                  for i in range(n)])
+
+
+CLIPS = {"ball": ball, "turning_box": turning_box, "passing": passing, "sky": sky}
 
 
 def main() -> None:
-    from tokenflow.video import write_video
-
     HERE.mkdir(parents=True, exist_ok=True)
-    write_video(HERE / "ball.mp4", ball_clip(), fps=8)
-    print(HERE / "ball.mp4")
+    for name, make in CLIPS.items():
+        path = HERE / f"{name}.mp4"
+        write_video(path, make(), fps=12)
+        print(path)
 
 
 if __name__ == "__main__":

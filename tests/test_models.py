@@ -76,8 +76,11 @@ def test_build_tiny_model_is_seeded_and_not_degenerate() -> None:
     state = torch.random.get_rng_state()
     a, b = build_tiny_model(seed=0), build_tiny_model(seed=0)
     assert torch.equal(state, torch.random.get_rng_state()), "global RNG must be untouched"
-    assert models._components_key(a, torch.float32) == models._components_key(b, torch.float32)
-    assert models._components_key(a, torch.float32) != models._components_key(build_tiny_model(seed=1), torch.float32)
+    c = build_tiny_model(seed=1)
+    for name in ("unet", "vae", "text_encoder"):
+        sa, sb, sc = a[name].state_dict(), b[name].state_dict(), c[name].state_dict()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{name} differs for the same seed"
+        assert not all(torch.equal(sa[k], sc[k]) for k in sa), f"{name} ignores the seed"
     for name in ("unet", "vae", "text_encoder"):
         for pname, p in a[name].named_parameters():
             assert p.ndim < 2 or torch.any(p), f"{name}.{pname} is all zero"
@@ -110,11 +113,14 @@ def test_stable_diffusion_pipeline_loads_tiny_dir(tiny_model_dir: Path) -> None:
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
 
 
-def test_load_none_gives_tiny_random_model() -> None:
+def test_load_none_gives_the_embedded_model() -> None:
+    """The shipped model loads through the same loader as any diffusers checkpoint, offline."""
     m = load_model(None, device="cpu")
-    assert m.model_id == "tiny-random-sd15" and m.revision is None
-    assert "randomly initialised" in m.label and "not trained" in m.label
-    assert m.dtype == torch.float32 and m.native_size == 128
+    assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
+    assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
+    assert m.defaults.get("inversion_steps") == 50
+    assert m.tokenizer.model_max_length == 32
+    assert m.scaling_factor != pytest.approx(0.18215)  # measured on its own latents
     assert load_model(None, device="cpu").key == m.key
     assert load_model(None, device="cpu", dtype=torch.bfloat16).key != m.key
 

@@ -58,7 +58,7 @@ def common_input_options(f):
     options = [
         click.option("--model", "model", default=None, metavar="M",
                      help="Diffusers SD checkpoint: a local directory or a hub id. "
-                          "Default: the built-in model."),
+                          "Default: the embedded model (CPU-sized, knows tokenflow.world)."),
         click.option("--revision", default=None, help="Hub revision of --model."),
         click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)."),
         click.option("--dtype", default=None, help="float32 or float16 (default: float16 on CUDA, else float32)."),
@@ -66,7 +66,8 @@ def common_input_options(f):
         click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
                      help="Editing (denoising) steps."),
         click.option("--inversion-steps", default=None, type=click.IntRange(1, 1000),
-                     help="DDIM inversion steps (default 500; a multiple of --steps)."),
+                     help="DDIM inversion steps (default: the model's, else 500; the editing "
+                          "grid must lie on the inversion grid)."),
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
                      help="Frames per chunk (one keyframe per chunk per step)."),
         click.option("--frames", "n_frames", default=None, type=click.IntRange(1),
@@ -119,7 +120,7 @@ def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, q
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     if model is None:
-        _say(quiet, f"note: no --model given; using the {loaded.label}")
+        _say(quiet, f"note: no --model given; using {loaded.label}")
     try:
         clip = read_video(video, frames=n_frames, stride=stride)
         requested = parse_size(size) if size else None
@@ -225,6 +226,7 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
         _say(quiet, f"note: the prompt is longer than {loaded.tokenizer.model_max_length} tokens "
                     "and was truncated")
     config = RunConfig(steps=steps, batch_size=batch_size)
+    inversion_steps = inversion_steps or loaded.defaults.get("inversion_steps")
     params = {
         "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
         "keyframes": {"seed": seed},
@@ -266,6 +268,7 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
                                     dtype=dtype, n_frames=n_frames, stride=stride, size=size,
                                     quiet=quiet)
     config = RunConfig(steps=steps, batch_size=batch_size)
+    inversion_steps = inversion_steps or loaded.defaults.get("inversion_steps")
     params = {"inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps}}
     job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
                      choices=_parse_choices(stage_choices), params=params, options=options,

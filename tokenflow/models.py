@@ -27,6 +27,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .world import WORDS
+
 __all__ = ["Model", "ModelError", "build_tiny_model", "default_device", "default_dtype", "load_model",
            "parse_dtype", "save_tiny_model", "tiny_tokenizer"]
 
@@ -52,12 +54,14 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.flo
 _WEIGHTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
 _HUB_CONFIG_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*"] + [f"{s}/config.json" for s, _ in _WEIGHTS]
 _HUB_WEIGHT_FILES = [p for s, stem in _WEIGHTS for p in (f"{s}/{stem}.safetensors*", f"{s}/{stem}-*.safetensors")]
-_TINY_WORDS = (
+_TINY_WORDS: tuple[str, ...] = tuple((
     "a an the of on in with and at is photo painting picture video style cartoon red blue green yellow white black "
     "small big ball box floor table cat dog car man woman person tree sky house water street road beach grass snow "
     "city sunset walking running"
-).split()
-_VOLATILE_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "architectures"}
+).split())
+_TINY_WORDS += tuple(w for w in WORDS if w not in _TINY_WORDS)  # the embedded model's world
+#: Where the trained embedded default model ships (package data; ``python -m tokenflow.train export``).
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 
 
 # --------------------------------------------------------------------------------------------- devices
@@ -103,6 +107,9 @@ class Model:
     device: torch.device
     dtype: torch.dtype
     label: str
+    #: Run defaults the checkpoint suggests (``tokenflow.json`` beside ``model_index.json``), e.g.
+    #: ``{"inversion_steps": 50}``; the CLI uses them where the user gave no value.
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -345,29 +352,6 @@ def _directory_key(root: Path, dtype: torch.dtype) -> str:
     return h.hexdigest()
 
 
-def _config_json(config: Any) -> str:
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    data = {k: v for k, v in data.items() if not k.startswith("_") and k not in _VOLATILE_CONFIG_KEYS}
-    return json.dumps(data, sort_keys=True, default=str)
-
-
-def _components_key(parts: dict[str, Any], dtype: torch.dtype) -> str:
-    """Key of in-memory components: every state_dict tensor (sorted names), configs, vocabulary and dtype."""
-    h = hashlib.sha256(b"tokenflow-model-key-v1\n")
-    for name in ("unet", "vae", "text_encoder"):
-        module = parts[name]
-        h.update(f"{name}\0{_config_json(module.config)}\n".encode())
-        state = module.state_dict()
-        for tensor_name in sorted(state):
-            t = state[tensor_name].detach().to("cpu").contiguous()
-            h.update(f"{tensor_name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    h.update(_config_json(parts["scheduler"].config).encode())
-    h.update(json.dumps(sorted(parts["tokenizer"].get_vocab().items())).encode())
-    h.update(str(dtype).encode())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -515,7 +499,7 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
     """Load a frozen Stable Diffusion 1.x/2.x model (eval mode, no gradients) onto ``device`` in ``dtype``.
 
     ``model`` is a local diffusers directory, a Hugging Face Hub id (local cache first, then a download;
-    ``revision`` picks a branch/tag/commit), or ``None`` for the built-in tiny randomly initialised model.
+    ``revision`` picks a branch/tag/commit), or ``None`` for the embedded default model (package data).
     ``device``/``dtype`` default to :func:`default_device`/:func:`default_dtype`.
     Raises :class:`ModelError` with a one-line explanation for anything unusable.
     """
@@ -523,35 +507,38 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
     if not isinstance(dtype, torch.dtype):
         dtype = default_dtype(device) if dtype is None else parse_dtype(dtype)
     if model is None:
-        parts = build_tiny_model("sd15", seed=0)
-        key = _components_key(parts, dtype)
-        model_id, rev = "tiny-random-sd15", None
-        label = "randomly initialised tiny SD-1.5-shaped model (not trained: edits are noise)"
+        if not (EMBEDDED_DIR / "model_index.json").is_file():
+            raise ModelError(f"the embedded model is missing from this installation ({EMBEDDED_DIR}); "
+                             "reinstall tokenflow or pass --model")
+        model_id, root, rev = "embedded", EMBEDDED_DIR, None
     else:
         model_id = os.fspath(model)
         root, rev = _resolve(model, revision)
-        scheduler_config = _check_configs(root, model_id)
-        _check_weights(root, model_id)
-        common: dict[str, Any] = {"use_safetensors": True, "torch_dtype": dtype, "local_files_only": True}
-        if importlib.util.find_spec("accelerate") is None:
-            common["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus its warning
-        try:
-            parts = {
-                "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", **common),
-                "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **common),
-                "text_encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **common),
-                "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
-            }
-        except Exception as exc:  # noqa: BLE001 - surface library errors as one line
-            raise ModelError(f"{model_id}: could not load the components ({_one_line(exc)})") from None
-        parts["scheduler"] = DDIMScheduler.from_config(scheduler_config)
-        key = _directory_key(root, dtype)
-        family = "SD-2.x-style" if parts["unet"].config.use_linear_projection else "SD-1.x-style"
-        label = (f"{model_id}{f' @ {rev[:10]}' if rev else ''} "
-                 f"({family}, {scheduler_config['prediction_type']} prediction)")
+    scheduler_config = _check_configs(root, model_id)
+    _check_weights(root, model_id)
+    common: dict[str, Any] = {"use_safetensors": True, "torch_dtype": dtype, "local_files_only": True}
+    if importlib.util.find_spec("accelerate") is None:
+        common["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus its warning
+    try:
+        parts = {
+            "unet": UNet2DConditionModel.from_pretrained(root, subfolder="unet", **common),
+            "vae": AutoencoderKL.from_pretrained(root, subfolder="vae", **common),
+            "text_encoder": CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **common),
+            "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
+        }
+    except Exception as exc:  # noqa: BLE001 - surface library errors as one line
+        raise ModelError(f"{model_id}: could not load the components ({_one_line(exc)})") from None
+    parts["scheduler"] = DDIMScheduler.from_config(scheduler_config)
+    key = _directory_key(root, dtype)
+    family = "SD-2.x-style" if parts["unet"].config.use_linear_projection else "SD-1.x-style"
+    label = (f"{model_id}{f' @ {rev[:10]}' if rev else ''} "
+             f"({family}, {scheduler_config['prediction_type']} prediction)")
+    extra = _read_json(root / "tokenflow.json") if (root / "tokenflow.json").is_file() else {}
+    label = extra.get("label", label)
     for name in ("unet", "vae", "text_encoder"):
         module = parts[name]
         if next(module.parameters()).dtype != dtype:  # cast only if needed: diffusers warns on every dtype .to()
             module.to(dtype=dtype)
         module.to(device).eval().requires_grad_(False)
-    return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label)
+    return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label,
+                 defaults=dict(extra.get("defaults", {})))

@@ -1,4 +1,5 @@
-"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4 and run.json."""
+"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4, preview.png
+(source and edit, four frames each) and run.json."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ import numpy as np
 from . import __version__
 from .cache.keys import _plain
 from .cache.store import safe_name
+
+
+def contact_sheet(*videos: np.ndarray, columns: int = 4) -> np.ndarray:
+    """One row per video, ``columns`` evenly spaced frames each (same size videos)."""
+    n = min(len(v) for v in videos)
+    index = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
+    return np.concatenate([np.concatenate(list(v[index]), axis=1) for v in videos], axis=0)
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, image)
 
 
 def output_dir_for(video: str | os.PathLike) -> Path:
@@ -59,6 +73,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
         write_video(tmp / "source.mp4", frames, fps)
         write_video(tmp / "side_by_side.mp4", side_by_side(frames, edited), fps)
         write_frames(tmp / "frames", edited)
+        _write_png(tmp / "preview.png", contact_sheet(frames, edited))
         model = job.base.model
         doc = {
             "tokenflow_version": __version__,

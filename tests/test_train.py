@@ -1,0 +1,84 @@
+"""The embedded model's training code: seeded, resumable, exportable to a loadable checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from tokenflow.models import load_model
+from tokenflow.train import export, load_vae, scene_batch, train_decoder, train_unet, train_vae
+
+
+def _weights(path):
+    return load_file(str(path))
+
+
+def test_scene_batches_are_deterministic() -> None:
+    a, caps_a = scene_batch(0, 7, 4)
+    b, caps_b = scene_batch(0, 7, 4)
+    c, _ = scene_batch(0, 8, 4)
+    assert (a == b).all() and caps_a == caps_b and not (a == c).all()
+    assert a.shape == (4, 64, 64, 3)
+
+
+def test_vae_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+    import tokenflow.train as train
+
+    train_vae(tmp_path / "straight", 4, batch=2, every=2)
+
+    real_save = train.save_checkpoint
+
+    def save_then_die(directory, phase, modules, opt, step, extra=None):
+        real_save(directory, phase, modules, opt, step, extra)
+        if step == 2:
+            raise KeyboardInterrupt  # killed right after the checkpoint at step 2
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    try:
+        train_vae(tmp_path / "resumed", 4, batch=2, every=2)
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert json.loads((tmp_path / "resumed" / "vae_state.json").read_text())["step"] == 2
+    train_vae(tmp_path / "resumed", 4, batch=2, every=2)
+    a = _weights(tmp_path / "straight" / "vae_model.safetensors")
+    b = _weights(tmp_path / "resumed" / "vae_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = (tmp_path / "resumed" / "vae_log.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,psnr,lr,seconds" and lines[1].startswith("0,")
+
+
+def test_vae_training_is_seeded(tmp_path) -> None:
+    train_vae(tmp_path / "a", 2, batch=2, every=100)
+    train_vae(tmp_path / "b", 2, batch=2, every=100)
+    a, b = _weights(tmp_path / "a" / "vae_model.safetensors"), _weights(tmp_path / "b" / "vae_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unet_training_and_export_give_a_loadable_model(tmp_path) -> None:
+    train_vae(tmp_path, 2, batch=2, every=100)
+    encoder_before = {k: v.clone() for k, v in load_vae(tmp_path).encoder.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in load_vae(tmp_path).decoder.state_dict().items()}
+    train_decoder(tmp_path, 2, batch=2, every=100)  # the decoder moves, the encoder does not
+    tuned = load_vae(tmp_path)
+    assert all(torch.equal(v, tuned.encoder.state_dict()[k]) for k, v in encoder_before.items())
+    assert any(not torch.equal(v, tuned.decoder.state_dict()[k]) for k, v in decoder_before.items())
+    train_unet(tmp_path, 2, batch=4, dataset=8, every=100)
+    before = _weights(tmp_path / "unet_unet.safetensors")
+    train_unet(tmp_path, 3, batch=4, dataset=8, every=100)  # resumes at step 2
+    after = _weights(tmp_path / "unet_unet.safetensors")
+    assert json.loads((tmp_path / "unet_state.json").read_text())["step"] == 3
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    out = export(tmp_path, tmp_path / "export")
+    model = load_model(out, device="cpu", dtype=torch.float32)
+    assert model.defaults == {"inversion_steps": 50}
+    assert model.native_size == 64 and model.tokenizer.model_max_length == 32
+    assert model.encode_prompts(["a red ball on sand"]).shape == (1, 32, 64)
+    assert model.scaling_factor == json.loads((tmp_path / "unet_state.json").read_text())["scaling_factor"]
+    assert next(model.unet.parameters()).dtype == torch.float32
+    exported = model.vae.decoder.state_dict()
+    assert all(torch.allclose(v, exported[k], atol=1e-2) for k, v in tuned.decoder.state_dict().items())
+    stored = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert next(iter(stored.values())).dtype == torch.float16
