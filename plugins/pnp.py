@@ -47,13 +47,15 @@ CONV_LAYERS = ("up_blocks.1.resnets.1",)
 class PnPParams(Params):
     """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
     ``guidance_scale``: CFG scale; ``pnp_attn_t`` / ``pnp_f_t``: fractions of the editing steps,
-    from the noisiest, with query/key and conv injection."""
+    from the noisiest, with query/key and conv injection; ``conv_layers``: the ResNets whose
+    residual is injected (ALGORITHM.md: ``up_blocks.1.resnets.1``)."""
 
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     guidance_scale: float = 7.5
     pnp_attn_t: float = 0.5
     pnp_f_t: float = 0.8
+    conv_layers: tuple[str, ...] = CONV_LAYERS
 
     def __post_init__(self) -> None:
         for name in ("pnp_attn_t", "pnp_f_t"):
@@ -87,10 +89,10 @@ class PnPEditor(StageBase):
         return ctx.config.steps * k * (latents + 8)
 
     def upstream_params(self, config) -> dict:
-        return {FEATURES: {"conv_layers": CONV_LAYERS, "conv_t": self.params.pnp_f_t}}
+        return {FEATURES: {"conv_layers": self.params.conv_layers, "conv_t": self.params.pnp_f_t}}
 
     def conv_layers(self, run: EditRun) -> tuple[str, ...]:
-        return CONV_LAYERS
+        return self.params.conv_layers
 
     def qk_steps(self, steps: int) -> int:
         return int(self.params.pnp_attn_t * steps)
@@ -122,7 +124,8 @@ class PnPEditor(StageBase):
         if i < self.qk_steps(steps):
             inject = {layer: run.features.tokens(i, layer, frames)
                       for layer in run.editor_state["qk_layers"]}
-        conv = run.conv_inputs(i, frames, CONV_LAYERS) if i < self.conv_steps(steps) else {}
+        conv = (run.conv_inputs(i, frames, self.params.conv_layers)
+                if i < self.conv_steps(steps) else {})
         return inject, conv
 
     def edit_step(self, step: EditStep) -> EditorOutput:

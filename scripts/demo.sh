@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Sets up .venv and runs a real edit end to end on the bundled example clip with the built-in
-# model, on the CPU. Writes out/demo/ (edited.mp4, side_by_side.mp4, frames/, run.json).
+# Sets up .venv and runs a real edit end to end on the bundled example clip with the embedded
+# model, on the CPU. Writes out/demo/ (edited.mp4, side_by_side.mp4, preview.png, frames/, run.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1
 clip=examples/clips/ball.mp4
 [ -f "$clip" ] || .venv/bin/python examples/make_clips.py
-exec .venv/bin/tf run "$clip" --prompt "a blue ball on a checkered floor" \
-  --inversion-prompt "a red ball on a checkered floor" --inversion-steps 50 --out out/demo "$@"
+exec .venv/bin/tf run "$clip" --inversion-prompt "a red ball on a checkered floor" \
+  --prompt "a blue ball on a checkered floor" --out out/demo "$@"

@@ -118,7 +118,7 @@ def test_load_none_gives_the_embedded_model() -> None:
     m = load_model(None, device="cpu")
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
-    assert m.defaults.get("inversion_steps") == 50
+    assert m.defaults.get("inversion.inversion_steps") == 50
     assert m.tokenizer.model_max_length == 32
     assert m.scaling_factor != pytest.approx(0.18215)  # measured on its own latents
     assert load_model(None, device="cpu").key == m.key

@@ -139,6 +139,7 @@ def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, q
 
 def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, params, options,
                until, quiet, unet_batch=None):
+    """Plan the stages (the model's suggested defaults < flags < ``-o``) and hash their keys."""
     from .cache.store import StageCache
     from .pipeline import Job, compute_keys, plan
     from .stages import StageContext
@@ -146,7 +147,7 @@ def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, para
 
     try:
         stages = plan(registry, config, choices=choices, params=params,
-                      options=[tuple(o) for o in options], until=until)
+                      options=[tuple(o) for o in options], until=until, defaults=loaded.defaults)
     except (ParamError, StageError) as exc:
         raise click.UsageError(str(exc)) from None
     keys = compute_keys(stages, model_key=loaded.key, video_hash=frames_hash(frames), config=config)
@@ -226,7 +227,6 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
         _say(quiet, f"note: the prompt is longer than {loaded.tokenizer.model_max_length} tokens "
                     "and was truncated")
     config = RunConfig(steps=steps, batch_size=batch_size)
-    inversion_steps = inversion_steps or loaded.defaults.get("inversion_steps")
     params = {
         "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
         "keyframes": {"seed": seed},
@@ -268,7 +268,6 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
                                     dtype=dtype, n_frames=n_frames, stride=stride, size=size,
                                     quiet=quiet)
     config = RunConfig(steps=steps, batch_size=batch_size)
-    inversion_steps = inversion_steps or loaded.defaults.get("inversion_steps")
     params = {"inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps}}
     job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
                      choices=_parse_choices(stage_choices), params=params, options=options,

@@ -107,8 +107,9 @@ class Model:
     device: torch.device
     dtype: torch.dtype
     label: str
-    #: Run defaults the checkpoint suggests (``tokenflow.json`` beside ``model_index.json``), e.g.
-    #: ``{"inversion_steps": 50}``; the CLI uses them where the user gave no value.
+    #: Stage parameters the checkpoint suggests (``tokenflow.json`` beside ``model_index.json``),
+    #: as ``{"kind.param": value}``, e.g. ``{"inversion.inversion_steps": 50}``; a run uses them
+    #: where the user gave no value.
     defaults: dict[str, Any] = field(default_factory=dict)
 
     @property

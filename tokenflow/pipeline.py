@@ -77,12 +77,16 @@ def plan(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     options: list[tuple[str, str]] | None = None,
     until: str = BLENDER,
+    defaults: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The stage instances of a run, in pipeline order.
 
     ``choices``: {kind: name} overriding :data:`DEFAULT_STAGES`. ``params``: {kind: {param:
     value}} from dedicated CLI flags (ignored for stages that lack the field). ``options``: the
     ``-o KEY VALUE`` pairs. ``until``: the last kind to run (``features`` for ``tf invert``).
+    ``defaults``: ``{"kind.param": value}`` suggested by the model (its ``tokenflow.json``), the
+    weakest of all: used where neither a flag nor ``-o`` gives a value, ignored for stages of this
+    run that lack the parameter.
     Parameters that downstream stages need upstream (``upstream_params``) are applied here; a
     user value that contradicts one is an error.
     """
@@ -95,6 +99,11 @@ def plan(
     active = _closure(classes, roots)
     classes = {k: c for k, c in classes.items() if k in active}
     values: dict[str, dict[str, Any]] = {k: {} for k in classes}
+    for key, value in (defaults or {}).items():
+        head, _, name = key.partition(".")
+        for kind, cls in classes.items():
+            if head in (kind, cls.name) and name in param_fields(cls.Params):
+                values[kind][name] = value
     for kind, given in (params or {}).items():
         if kind in classes:
             fields = param_fields(classes[kind].Params)

@@ -44,6 +44,19 @@ VAE_CONFIG = dict(
 )
 
 
+#: Stage parameters the exported model suggests (its ``tokenflow.json``; any checkpoint may carry
+#: one). Measured on this model (docs/embedded-model.md): 50 inversion steps reconstruct well; it
+#: was trained with "" as the unconditional caption and does not know SD's negative-prompt words;
+#: at 64x64, ``up_blocks.1`` is 2x2, too coarse to carry the layout that SD's 16x16 carries at
+#: 512x512, so the conv residual is injected one level up (4x4); its guidance sweet spot is lower.
+EMBEDDED_DEFAULTS = {
+    "inversion.inversion_steps": 50,
+    "editor.negative_prompt": "",
+    "editor.guidance_scale": 2.5,
+    "editor.conv_layers": ["up_blocks.2.resnets.1"],
+}
+
+
 def _threads() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -377,7 +390,7 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
         "label": "tokenflow's embedded model: a tiny SD-shaped latent diffusion model trained on "
                  "procedural scenes (tokenflow.world) at 64x64",
         "trained_steps": {"unet": state["step"]},
-        "defaults": {"inversion_steps": 50},
+        "defaults": EMBEDDED_DEFAULTS,
     }, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
