@@ -2,9 +2,9 @@
 
     python examples/make_clips.py
 
-Deterministic, no downloads. Every clip is rendered at 128x256 (twice the embedded model's
-working size of 64x128, which `tf run` resizes to) with objects the embedded model knows:
-see examples/README.md for what each shows and prompts to try.
+Deterministic, no downloads. Every clip is rendered at 128x128, twice the embedded model's native
+64x64 (which `tf run` resizes to; the model was trained on square frames), with objects the
+embedded model knows: see examples/README.md for what each shows and prompts to try.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tokenflow.video import write_video
 from tokenflow.world import Scene, Thing, render
 
 HERE = Path(__file__).resolve().parent / "clips"
-HEIGHT, WIDTH = 128, 256  # the world measures positions in units of the short side
+HEIGHT, WIDTH = 128, 128  # the world measures positions in units of the short side
 
 
 def _clip(scenes: list[Scene]) -> np.ndarray:
@@ -27,34 +27,34 @@ def _clip(scenes: list[Scene]) -> np.ndarray:
 
 def ball(n: int = 24) -> np.ndarray:
     """A red ball rolling left to right on a checkered floor."""
-    base = Scene("checkered floor", (Thing("ball", "red", cx=0.4, cy=0.5, radius=0.28),), cell=8)
-    return _clip([base.with_thing(0, cx=0.35 + 1.3 * i / (n - 1), cy=0.5 + 0.06 * np.sin(i / 3))
+    base = Scene("checkered floor", (Thing("ball", "red", cx=0.3, cy=0.5, radius=0.24),), cell=8)
+    return _clip([base.with_thing(0, cx=0.28 + 0.44 * i / (n - 1), cy=0.5 + 0.05 * np.sin(i / 3))
                   for i in range(n)])
 
 
 def turning_box(n: int = 24) -> np.ndarray:
     """A striped blue box turning in place while drifting right, on sand."""
-    base = Scene("sand", (Thing("box", "blue", "striped", cx=0.7, cy=0.5, radius=0.3),))
-    return _clip([base.with_thing(0, angle=90 * i / (n - 1), cx=0.7 + 0.5 * i / (n - 1))
+    base = Scene("sand", (Thing("box", "blue", "striped", cx=0.4, cy=0.5, radius=0.28),))
+    return _clip([base.with_thing(0, angle=90 * i / (n - 1), cx=0.4 + 0.2 * i / (n - 1))
                   for i in range(n)])
 
 
 def passing(n: int = 32) -> np.ndarray:
     """A green triangle passes behind a yellow ball in front of a gray wall."""
-    triangle = Thing("triangle", "green", cx=0.3, cy=0.45, radius=0.27)
-    front = Thing("ball", "yellow", "dotted", cx=1.0, cy=0.55, radius=0.3)
+    triangle = Thing("triangle", "green", cx=0.2, cy=0.42, radius=0.22)
+    front = Thing("ball", "yellow", "dotted", cx=0.55, cy=0.55, radius=0.22)
     scenes = []
     for i in range(n):
         t = i / (n - 1)
-        scenes.append(Scene("gray wall", (replace(triangle, cx=0.3 + 1.4 * t, angle=40 * t),
-                                          replace(front, cx=1.0 - 0.1 * t))))
+        scenes.append(Scene("gray wall", (replace(triangle, cx=0.2 + 0.6 * t, angle=40 * t),
+                                          replace(front, cx=0.55 - 0.1 * t))))
     return _clip(scenes)
 
 
 def sky(n: int = 16) -> np.ndarray:
     """An orange ball rising across the sky."""
-    base = Scene("sky", (Thing("ball", "orange", cx=0.6, cy=0.7, radius=0.25),))
-    return _clip([base.with_thing(0, cx=0.6 + 0.8 * i / (n - 1), cy=0.7 - 0.35 * i / (n - 1))
+    base = Scene("sky", (Thing("ball", "orange", cx=0.3, cy=0.7, radius=0.22),))
+    return _clip([base.with_thing(0, cx=0.3 + 0.4 * i / (n - 1), cy=0.7 - 0.4 * i / (n - 1))
                   for i in range(n)])
 
 

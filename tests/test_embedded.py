@@ -52,7 +52,7 @@ def test_edit_changes_the_colour_and_keeps_the_motion(edit: Path) -> None:
     source = read_video(edit / "source.mp4").frames
     edited = np.stack([np.asarray(Image.open(p).convert("RGB"))
                        for p in sorted((edit / "frames").glob("*.png"))])
-    assert edited.shape == (FRAMES, 64, 128, 3)
+    assert edited.shape == (FRAMES, 64, 64, 3)
     colours = [object_colour(frame) for frame in edited]
     assert sum(c == "blue" for c in colours) >= 0.75 * FRAMES, colours
     assert all(object_colour(frame) == "red" for frame in source)
@@ -62,6 +62,6 @@ def test_edit_changes_the_colour_and_keeps_the_motion(edit: Path) -> None:
         ious.append(mask_iou(a, b))
         shifts.append(np.abs(_centroid(a) - _centroid(b)).max() if b.sum() else np.inf)
     assert np.median(ious) >= 0.6, ious
-    assert np.median(shifts) <= 4.0, shifts  # pixels at 64x128: the ball goes where the source's goes
+    assert np.median(shifts) <= 3.0, shifts  # pixels at 64x64: the ball goes where the source's goes
     # and it does travel: the edit's object moves right like the source's
-    assert _centroid(object_mask(edited[-1]))[1] - _centroid(object_mask(edited[0]))[1] > 30
+    assert _centroid(object_mask(edited[-1]))[1] - _centroid(object_mask(edited[0]))[1] > 10
