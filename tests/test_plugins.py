@@ -613,6 +613,15 @@ def test_wheel_installs_the_builtin_plugins(tmp_path: Path) -> None:
     assert not Path(tf_file).resolve().is_relative_to(ROOT)
     assert n_dists == "1"
 
+    import zipfile
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
+        assert f"tokenflow/embedded/{part}.safetensors" in names  # the embedded model ships
+    loaded = _run([python, "-c", "from tokenflow.models import load_model; "
+                   "print(load_model(None, device='cpu').model_id)"], cwd=tmp_path, env=env)
+    assert loaded.code == 0 and loaded.out.strip() == "embedded", loaded.err
+
     listed = _run([venv / "bin" / "tf", "plugins"], cwd=tmp_path, env=env)
     assert listed.code == 0, listed.err
     lines = listed.out.splitlines()
