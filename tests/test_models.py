@@ -11,7 +11,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenflow import models
 from tokenflow.models import (
     Model,
     ModelError,

@@ -146,6 +146,43 @@ def _lr(step: int, base: float, warmup: int, total: int) -> float:
 # --- phases -----------------------------------------------------------------------------------
 
 
+def _train_loop(directory: Path, phase: str, modules: dict, opt, params, steps: int, *,
+                lr: float, warmup: int, every: int, compute, after=None, extra=None,
+                metrics: tuple[str, ...] = ()) -> None:
+    """The loop every phase shares: resume, learning-rate schedule, optimiser step with gradient
+    clipping, progress bar, CSV log, atomic checkpoints. ``compute(step)`` returns the loss and a
+    dict of ``metrics``; ``after(step)`` runs after the optimiser step (EMA)."""
+    from tqdm.auto import tqdm
+
+    state = load_checkpoint(directory, phase, modules, opt)
+    log = _Log(directory / f"{phase}_log.csv", ",".join(("step", "loss", *metrics, "lr", "seconds")))
+    start = time.time()
+    bar = tqdm(total=steps, initial=state["step"], desc=phase, dynamic_ncols=True)
+    for step in range(state["step"], steps):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, lr, warmup, steps)
+        loss, values = compute(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if after is not None:
+            after(step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.1f}" for k, v in values.items()})
+        if step % 10 == 0:
+            log.write(step, loss.item(), *(values[k] for k in metrics), opt.param_groups[0]["lr"],
+                      time.time() - start)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            save_checkpoint(directory, phase, modules, opt, step + 1, extra)
+    bar.close()
+
+
+def _psnr(mse: torch.Tensor) -> float:
+    """PSNR in dB of pixels in [-1, 1] (peak-to-peak 2)."""
+    return 10 * math.log10(4 / max(mse.item(), 1e-10))
+
+
 def build_vae():
     from diffusers import AutoencoderKL
 
@@ -154,38 +191,22 @@ def build_vae():
 
 def train_vae(directory: Path, steps: int, batch: int = 16, lr: float = 1e-3, seed: int = 0,
               every: int = 200, kl_weight: float = 1e-6) -> None:
-    from tqdm.auto import tqdm
-
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    state = load_checkpoint(directory, "vae", {"model": vae}, opt)
-    log = _Log(directory / "vae_log.csv", "step,loss,psnr,lr,seconds")
-    start = time.time()
-    bar = tqdm(total=steps, initial=state["step"], desc="vae", dynamic_ncols=True)
-    for step in range(state["step"], steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, 100, steps)
-        images, _ = scene_batch(seed, step, batch)
-        x = to_pixels(images)
+
+    def compute(step: int):
+        x = to_pixels(scene_batch(seed, step, batch)[0])
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator)).sample
         mse = F.mse_loss(rec, x)
         loss = F.l1_loss(rec, x) + mse + kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        psnr = 10 * math.log10(4 / max(mse.item(), 1e-10))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
-        if step % 10 == 0:
-            log.write(step, loss.item(), psnr, opt.param_groups[0]["lr"], time.time() - start)
-        if (step + 1) % every == 0 or step + 1 == steps:
-            save_checkpoint(directory, "vae", {"model": vae}, opt, step + 1)
-    bar.close()
+        return loss, {"psnr": _psnr(mse)}
+
+    _train_loop(directory, "vae", {"model": vae}, opt, list(vae.parameters()), steps, lr=lr,
+                warmup=100, every=every, compute=compute, metrics=("psnr",))
 
 
 def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4, seed: int = 0,
@@ -194,42 +215,25 @@ def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4
 
     The encoder, and so the latent space the UNet learns, stays exactly as the VAE phase left it.
     """
-    from tqdm.auto import tqdm
-
     vae = build_vae()
     if load_checkpoint(directory, "vae", {"model": vae}, None)["step"] == 0:
         raise SystemExit("train the VAE first: python -m tokenflow.train vae --dir " + str(directory))
     decoder = {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}
     params = [p for m in decoder.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    state = load_checkpoint(directory, "decoder", decoder, opt)
     vae.encoder.requires_grad_(False)
     vae.quant_conv.requires_grad_(False)
-    log = _Log(directory / "decoder_log.csv", "step,loss,psnr,lr,seconds")
-    start = time.time()
-    bar = tqdm(total=steps, initial=state["step"], desc="decoder", dynamic_ncols=True)
-    for step in range(state["step"], steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, 50, steps)
-        images, _ = scene_batch(seed + 30_000, step, batch)
-        x = to_pixels(images)
+
+    def compute(step: int):
+        x = to_pixels(scene_batch(seed + 30_000, step, batch)[0])
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
         mse = F.mse_loss(rec, x)
-        loss = F.l1_loss(rec, x) + mse
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        psnr = 10 * math.log10(4 / max(mse.item(), 1e-10))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", psnr=f"{psnr:.1f}")
-        if step % 10 == 0:
-            log.write(step, loss.item(), psnr, opt.param_groups[0]["lr"], time.time() - start)
-        if (step + 1) % every == 0 or step + 1 == steps:
-            save_checkpoint(directory, "decoder", decoder, opt, step + 1)
-    bar.close()
+        return F.l1_loss(rec, x) + mse, {"psnr": _psnr(mse)}
+
+    _train_loop(directory, "decoder", decoder, opt, params, steps, lr=lr, warmup=50, every=every,
+                compute=compute, metrics=("psnr",))
 
 
 def load_vae(directory: Path):
@@ -299,7 +303,6 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
                every: int = 250, dataset: int = 40_000, drop: float = 0.1, ema: float = 0.999,
                snr_gamma: float = 5.0) -> None:
     from diffusers import DDPMScheduler
-    from tqdm.auto import tqdm
 
     from .models import SD_SCHEDULER_CONFIG
 
@@ -318,7 +321,6 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    state = load_checkpoint(directory, "unet", modules, opt)
     ids = tokenizer(captions + [""], padding="max_length", max_length=TEXT_LENGTH,
                     truncation=True, return_tensors="pt").input_ids
     empty = ids[-1]
@@ -326,12 +328,8 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
     noise_sched = DDPMScheduler.from_config({**SD_SCHEDULER_CONFIG})
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    log = _Log(directory / "unet_log.csv", "step,loss,lr,seconds")
-    start = time.time()
-    bar = tqdm(total=steps, initial=state["step"], desc="unet+text", dynamic_ncols=True)
-    for step in range(state["step"], steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, 200, steps)
+
+    def compute(step: int):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         index = torch.randint(len(ids), (batch,), generator=g)
         x0 = mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)
@@ -340,26 +338,19 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         xt = noise_sched.add_noise(x0, noise, t)
-        emb = text(tokens)[0]
-        pred = unet(xt, t, encoder_hidden_states=emb).sample
+        pred = unet(xt, t, encoder_hidden_states=text(tokens)[0]).sample
         weight = torch.clamp(snr[t], max=snr_gamma) / snr[t]  # min-SNR weighting, eps prediction
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        return (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean(), {}
+
+    @torch.no_grad()
+    def update_ema(step: int) -> None:
         decay = min(ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for src, dst in ((unet, ema_unet), (text, ema_text)):
-                for p_src, p_dst in zip(src.parameters(), dst.parameters()):
-                    p_dst.lerp_(p_src, 1 - decay)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % 10 == 0:
-            log.write(step, loss.item(), opt.param_groups[0]["lr"], time.time() - start)
-        if (step + 1) % every == 0 or step + 1 == steps:
-            save_checkpoint(directory, "unet", modules, opt, step + 1, {"scaling_factor": scale})
-    bar.close()
+        for src, dst in ((unet, ema_unet), (text, ema_text)):
+            for p_src, p_dst in zip(src.parameters(), dst.parameters()):
+                p_dst.lerp_(p_src, 1 - decay)
+
+    _train_loop(directory, "unet", modules, opt, params, steps, lr=lr, warmup=200, every=every,
+                compute=compute, after=update_ema, extra={"scaling_factor": scale})
 
 
 def export(directory: Path, out: Path, dtype: str = "float16") -> Path:

@@ -208,7 +208,7 @@ def background_kind(image: np.ndarray, mask: np.ndarray | None = None) -> str:
     if len(pixels) < 16:
         pixels = image.reshape(-1, 3).astype(np.float32)
     luminance = pixels.mean(-1)
-    r, g, b = pixels[:, 0].mean(), pixels[:, 1].mean(), pixels[:, 2].mean()
+    r, b = pixels[:, 0].mean(), pixels[:, 2].mean()
     if luminance.std() > 22:
         return "checkered floor"
     if b - r > 35:
