@@ -48,13 +48,13 @@ VAE_CONFIG = dict(
 #: one). Measured on this model (docs/embedded-model.md): 50 inversion steps reconstruct well; it
 #: was trained with "" as the unconditional caption and does not know SD's negative-prompt words;
 #: at 64x64, ``up_blocks.1`` is 2x2, too coarse to carry the layout that SD's 16x16 carries at
-#: 512x512, so the conv residual is injected one level up (4x4); its guidance sweet spot is lower
-#: and its layout holds better with injection at every step.
+#: 512x512, so the conv residual is injected at the two finer levels (4x4 and 8x8); its guidance
+#: sweet spot is lower and its layout holds better with injection at every step.
 EMBEDDED_DEFAULTS = {
     "inversion.inversion_steps": 50,
     "editor.negative_prompt": "",
     "editor.guidance_scale": 2.0,
-    "editor.conv_layers": ["up_blocks.2.resnets.1"],
+    "editor.conv_layers": ["up_blocks.2.resnets.1", "up_blocks.3.resnets.0"],
     "editor.pnp_attn_t": 1.0,
     "editor.pnp_f_t": 1.0,
 }
