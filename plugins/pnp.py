@@ -117,6 +117,10 @@ class PnPEditor(StageBase):
     def initial_latents(self, run: EditRun) -> torch.Tensor:
         return start_latents(run, run.timesteps[0])
 
+    def unet_extra(self, step: EditStep, frames: list[int]):
+        """Extra UNet inputs for a call on ``frames`` (``EditRun.call_unet``'s ``extra``); none
+        here. The ControlNet editor returns its residuals."""
+
     def _injections(self, step: EditStep, frames: list[int]) -> tuple[dict, dict]:
         run, i = step.run, step.index
         steps = len(run.timesteps)
@@ -134,7 +138,7 @@ class PnPEditor(StageBase):
         keep: dict[str, torch.Tensor] = {}
         out = run.call_unet(step.latents[frames], step.timestep, run.editor_state["text"],
                             n_branches=2, extended=self.extended, inject=inject, conv=conv,
-                            keep=keep)
+                            keep=keep, extra=self.unet_extra(step, frames))
         k = len(frames)
         tokens = {layer: v.reshape(2, k, *v.shape[1:]) for layer, v in keep.items()}
         return EditorOutput(tokens=tokens, model_output=guided(out, self.params.guidance_scale))
@@ -145,7 +149,7 @@ class PnPEditor(StageBase):
         run = step.run
         _, conv = self._injections(step, frames)
         out = run.call_unet(latents, step.timestep, run.editor_state["text"], n_branches=2,
-                            conv=conv, provide=provide)
+                            conv=conv, provide=provide, extra=self.unet_extra(step, frames))
         return guided(out, self.params.guidance_scale)
 
 
@@ -165,7 +169,7 @@ class PnPFramesEditor(PnPEditor):
             inject, conv = self._injections(step, frames)
             x = step.latents[frames]
             out = run.call_unet(x, step.timestep, run.editor_state["text"], n_branches=2,
-                                inject=inject, conv=conv)
+                                inject=inject, conv=conv, extra=self.unet_extra(step, frames))
             g = guided(out, self.params.guidance_scale)
             outputs.append(g)
             latents.append(step.ddim(g, x))

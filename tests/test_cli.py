@@ -280,7 +280,7 @@ def _one_line_error(result: Result, code: int, *needles: str) -> str:
 @pytest.mark.parametrize(
     "extra, code, needles",
     [
-        (["--editor", "nosuch"], 2, ["nosuch", "installed: pnp, pnp-frames"]),
+        (["--editor", "nosuch"], 2, ["nosuch", "installed: controlnet, pnp, pnp-frames, sdedit"]),
         (["-o", "nosuch", "1"], 2, ["nosuch", "valid:", "editor.guidance_scale", "blender.weights"]),
         (["-o", "guidance_scale", "abc"], 2, ["guidance_scale", "float", "'abc'"]),
         (["-o", "editor.nosuch", "1"], 2, ["nosuch", "valid: prompt"]),
@@ -380,7 +380,7 @@ def test_cache_dir_that_is_a_file_is_a_one_line_error(world: World, tmp_path: Pa
 
 def test_stage_option_selects_the_editor(world: World, tmp_path: Path) -> None:
     result = world.run("--stage", "editor=nosuch", out=tmp_path / "out")
-    _one_line_error(result, 2, "nosuch", "installed: pnp, pnp-frames")
+    _one_line_error(result, 2, "nosuch", "installed: controlnet, pnp, pnp-frames, sdedit")
 
 
 def _cuda_available() -> bool:

@@ -10,13 +10,13 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import zarr
 from click.testing import CliRunner
 
@@ -40,11 +40,10 @@ from tokenflow.cache.store import StageCache, create_array, write_coord
 from tokenflow.cli import cli
 from tokenflow.layouts import read_timesteps
 from tokenflow.manager import PluginLoadError, make_plugin_manager
-from tokenflow.pipeline import Job, compute_keys, plan
+from tokenflow.pipeline import Job, build_job
 from tokenflow.registry import REGISTER_HOOKS, RegistryError, build_registry
 from tokenflow.stages import CHUNK, TIMESTEP
 from tokenflow.testing import synthetic_frames
-from tokenflow.video import frames_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -81,9 +80,10 @@ def test_installed_metadata_matches_pyproject() -> None:
 def test_every_builtin_module_registers_stages() -> None:
     import importlib
 
+    discovery = [*REGISTER_HOOKS.values(), "register_control_extractors"]
     for module_name in BUILTIN_EPS:
         module = importlib.import_module(module_name)
-        impls = [n for n in REGISTER_HOOKS.values() if hasattr(getattr(module, n, None), "tokenflow_impl")]
+        impls = [n for n in discovery if hasattr(getattr(module, n, None), "tokenflow_impl")]
         assert impls, f"{module_name} implements no register_* hook"
 
 
@@ -179,7 +179,9 @@ def test_each_register_hook_adds_stages_of_its_kind(tf_register, kind: str, hook
 
 def test_register_hooks_are_exactly_the_kinds() -> None:
     assert set(REGISTER_HOOKS) == set(KINDS)
-    assert set(REGISTER_HOOKS.values()) == {n for n in HOOKSPECS if n.startswith("register_")}
+    # every discovery hook is a stage kind's, except the control extractors' (helpers, not stages)
+    assert set(REGISTER_HOOKS.values()) | {"register_control_extractors"} == {
+        n for n in HOOKSPECS if n.startswith("register_")}
 
 
 def test_duplicate_stage_name_names_both_plugins(tf_register) -> None:
@@ -383,15 +385,9 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def make_job(pm, tiny, frames: np.ndarray, cache_root: Path, choices: dict | None = None) -> Job:
     """What ``tf run`` builds, through tokenflow.pipeline directly."""
-    registry = build_registry(pm)
     config = RunConfig(steps=STEPS, batch_size=BATCH)
-    stages = plan(registry, config, choices=choices,
-                  params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}})
-    keys = compute_keys(stages, model_key=tiny.key, video_hash=frames_hash(frames), config=config)
-    base = StageContext(model=tiny, frames=frames, config=config, keys=keys, stages=stages,
-                        cache=StageCache(cache_root), quiet=True, hook=pm.hook,
-                        options={"unet_batch": BATCH})
-    return Job(pm=pm, stages=stages, keys=keys, base=base)
+    return build_job(pm, tiny, frames, config, cache=cache_root, choices=choices,
+                     params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}})
 
 
 def _temps(root: Path) -> list[Path]:

@@ -32,15 +32,30 @@ def _cache_dir(value: str | None) -> Path:
     return Path(value or os.environ.get(CACHE_ENV) or "cache")
 
 
-def _manager_and_registry():
+DEBUG_ENV = "TOKENFLOW_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _manager_and_registry(*, warn: bool = True):
+    """The plugin manager and the stage registry; a plugin that failed to import is skipped
+    with one warning line naming it and its distribution."""
     from .manager import PluginLoadError, make_plugin_manager
     from .registry import RegistryError, build_registry
 
     try:
         pm = make_plugin_manager()
-        return pm, build_registry(pm)
+        registry = build_registry(pm)
     except (PluginLoadError, RegistryError) as exc:
+        if _debug():
+            raise
         raise click.ClickException(str(exc)) from None
+    if warn:
+        for message in pm.failures.values():
+            click.echo(f"warning: {message}; skipped", err=True)
+    return pm, registry
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -50,8 +65,12 @@ def _say(quiet: bool, text: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="tokenflow")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help=f"Show tracebacks instead of one-line errors "
+                                            f"(also env {DEBUG_ENV}=1).")
+def cli(debug: bool) -> None:
     """tokenflow: consistent text-driven video editing with a frozen diffusion model."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def common_input_options(f):
@@ -140,21 +159,14 @@ def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, q
 def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, params, options,
                until, quiet, unet_batch=None):
     """Plan the stages (the model's suggested defaults < flags < ``-o``) and hash their keys."""
-    from .cache.store import StageCache
-    from .pipeline import Job, compute_keys, plan
-    from .stages import StageContext
-    from .video import frames_hash
+    from .pipeline import build_job
 
     try:
-        stages = plan(registry, config, choices=choices, params=params,
-                      options=[tuple(o) for o in options], until=until, defaults=loaded.defaults)
+        return build_job(pm, loaded, frames, config, cache=cache_dir, registry=registry,
+                         choices=choices, params=params, options=options, until=until,
+                         quiet=quiet, runtime={"unet_batch": unet_batch or config.batch_size})
     except (ParamError, StageError) as exc:
         raise click.UsageError(str(exc)) from None
-    keys = compute_keys(stages, model_key=loaded.key, video_hash=frames_hash(frames), config=config)
-    options_rt = {"unet_batch": unet_batch or config.batch_size}
-    base = StageContext(model=loaded, frames=frames, config=config, keys=keys, stages=stages,
-                        cache=StageCache(cache_dir), quiet=quiet, hook=pm.hook, options=options_rt)
-    return Job(pm=pm, stages=stages, keys=keys, base=base)
 
 
 def _free_bytes(path: Path) -> int:
@@ -192,7 +204,29 @@ def _run_job(job, quiet: bool) -> dict:
     try:
         return job.run()
     except (StageError, ParamError) as exc:
+        if _debug():
+            raise
         raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a bug, in a plugin or in tokenflow: one line, named
+        if _debug():
+            raise
+        raise click.ClickException(_failure_line(job, exc)) from None
+
+
+def _failure_line(job, exc: BaseException) -> str:
+    """One line for an unexpected error in a run: the stage, the plugin whose code raised it."""
+    from .manager import blame
+
+    kind = getattr(job, "failed", None)
+    stage = job.stages.get(kind) if kind else None
+    what = f"{kind} stage {stage.name!r}" if stage is not None else "the run"
+    if kind == "blender" and "editor" in job.stages:
+        what = f"the editing loop (editor {job.stages['editor'].name!r}, blender {stage.name!r})"
+    culprit = blame(job.pm, exc, job.registry)
+    where = f" in plugin {culprit}" if culprit else ""
+    text = (str(exc).strip().splitlines() or [""])[0][:300]
+    return (f"{what} failed{where}: {type(exc).__name__}: {text} (nothing partial was "
+            f"cached; --debug shows the traceback)")
 
 
 @cli.command()
@@ -297,7 +331,7 @@ def plugins() -> None:
     """List loaded plugins with their distributions and hooks."""
     from .manager import LOAD_PLUGINS_ENV
 
-    pm, _ = _manager_and_registry()
+    pm, _ = _manager_and_registry(warn=False)
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda p: p[0]):
         if plugin is None:  # blocked by TOKENFLOW_LOAD_PLUGINS
             click.echo(f"{name}  [blocked by {LOAD_PLUGINS_ENV}]")
@@ -305,6 +339,152 @@ def plugins() -> None:
         dist = pm.distributions.get(name, ("tokenflow (core)", __version__))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         click.echo(f"{name}  [{dist[0]} {dist[1]}]  hooks: {', '.join(hooks)}")
+    for name, message in sorted(pm.failures.items()):
+        click.echo(f"{name}  [FAILED] {message}")
+    if pm.failures:
+        raise click.ClickException(f"{len(pm.failures)} plugin(s) failed to import (listed above)")
+
+
+def _plugin_distributions() -> dict[str, tuple[str, list[str]]]:
+    """Normalised distribution name -> (version, its ``tokenflow`` entry-point names)."""
+    import importlib
+    from importlib.metadata import distributions
+
+    from .manager import GROUP, _norm
+
+    importlib.invalidate_caches()
+    found: dict[str, tuple[str, list[str]]] = {}
+    for dist in distributions():
+        name = dist.metadata["name"]
+        if not name:
+            continue
+        eps = [ep.name for ep in dist.entry_points if ep.group == GROUP]
+        found[_norm(name)] = (dist.version, eps)
+    return found
+
+
+def _pip(args: list[str], quiet: bool) -> None:
+    """Run pip of this environment; its output goes to stderr. One line if it fails."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "pip", *args]
+    if quiet:
+        cmd.append("--quiet")
+    try:
+        probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True,
+                               check=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot run {sys.executable}: {exc}") from None
+    if probe.returncode != 0:
+        raise click.ClickException(f"pip is not available in this environment ({sys.executable}); "
+                                   "install it with: python -m ensurepip")
+    done = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, check=False)
+    if done.returncode != 0:
+        raise click.ClickException(f"pip {args[0]} failed (exit {done.returncode}); see its "
+                                   "output above")
+
+
+def _target_name(target: str, path: Path) -> str | None:
+    """The distribution name an install target stands for, if it can be told without pip."""
+    import re
+    import tomllib
+
+    if path.is_dir():
+        try:
+            return tomllib.loads((path / "pyproject.toml").read_text())["project"]["name"]
+        except (OSError, KeyError, ValueError):
+            return None
+    if path.is_file():  # name-version-....whl / name-version.tar.gz
+        return path.name.split("-", 1)[0]
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", target)
+    return match.group(1) if match else None
+
+
+@cli.command()
+@click.argument("target")
+@click.option("-e", "--editable", is_flag=True, help="Install a local project in editable mode.")
+@click.option("-U", "--upgrade", is_flag=True, help="Upgrade if already installed.")
+@click.option("--quiet", "-q", is_flag=True, help="Less pip output.")
+def install(target, editable, upgrade, quiet) -> None:
+    """Install a plugin distribution into this environment with pip.
+
+    TARGET is a local project directory, a wheel or sdist file, or a requirement (a name with an
+    optional version, from your package index). After pip, the new plugins are imported and
+    their stages listed; a plugin that fails to import is reported (and stays installed, so
+    that `tf uninstall` can remove it).
+    """
+    from .manager import _norm
+
+    path = Path(target).expanduser()
+    looks_like_path = path.exists() or target.startswith((".", "/", "~")) or os.sep in target
+    if looks_like_path and not path.exists():
+        raise click.ClickException(f"{target} does not exist")
+    if editable and not path.is_dir():
+        raise click.UsageError("--editable needs a local project directory")
+    before = _plugin_distributions()
+    args = ["install"] + (["--upgrade"] if upgrade else [])
+    args += ["-e", str(path.resolve())] if editable else [str(path.resolve()) if path.exists() else target]
+    _pip(args, quiet)
+    after = _plugin_distributions()
+    changed = {n: v for n, v in after.items() if before.get(n) != v and v[1]}
+    if not changed:
+        wanted = _norm(_target_name(target, path) or "")
+        if after.get(wanted, ("", []))[1]:
+            click.echo(f"{wanted} {after[wanted][0]} is already installed (--upgrade to update)",
+                       err=True)
+            return
+        raise click.ClickException("pip installed nothing that provides tokenflow plugins (no "
+                                   "entry points in the 'tokenflow' group); `pip uninstall` "
+                                   "removes what it did install")
+    pm, registry = _manager_and_registry(warn=False)
+    failed = False
+    for dist, (version, eps) in sorted(changed.items()):
+        stages_of = []
+        for kind in KINDS:
+            for name in sorted(registry.stages[kind]):
+                if registry.owner(kind, name).split(" (", 1)[0] in eps:
+                    stages_of.append(f"{kind} {name}")
+        click.echo(f"installed {dist} {version}: plugins {', '.join(eps)}"
+                   + (f"; stages: {', '.join(stages_of)}" if stages_of else ""))
+        for ep in eps:
+            if ep in pm.failures:
+                failed = True
+                click.echo(f"error: {pm.failures[ep]} (tf uninstall {dist} removes it)", err=True)
+            elif pm.is_blocked(ep):
+                click.echo(f"note: {ep} is not loaded: TOKENFLOW_LOAD_PLUGINS does not list {dist}",
+                           err=True)
+    if failed:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--quiet", "-q", is_flag=True, help="Less pip output.")
+def uninstall(name, quiet) -> None:
+    """Remove the plugin distribution NAME from this environment with pip.
+
+    Only distributions that provide tokenflow plugins are removed; tokenflow itself and other
+    packages are refused (use pip for those).
+    """
+    from .manager import BUILTIN_DISTRIBUTION, _norm
+
+    dist = _norm(name)
+    if dist == BUILTIN_DISTRIBUTION:
+        raise click.ClickException("tf uninstall removes plugins, not tokenflow itself "
+                                   "(pip uninstall tokenflow does that)")
+    installed = _plugin_distributions()
+    if dist not in installed:
+        plugins = sorted(n for n, (_, eps) in installed.items() if eps and n != BUILTIN_DISTRIBUTION)
+        raise click.ClickException(f"{name} is not installed; installed plugin distributions: "
+                                   f"{', '.join(plugins) or 'none'}")
+    version, eps = installed[dist]
+    if not eps:
+        raise click.ClickException(f"{name} provides no tokenflow plugins; tf uninstall only "
+                                   "removes plugin distributions (use pip for others)")
+    _pip(["uninstall", "--yes", name], quiet)
+    if dist in _plugin_distributions():
+        raise click.ClickException(f"{name} is still installed after pip uninstall")
+    click.echo(f"uninstalled {dist} {version}: plugins {', '.join(eps)}")
 
 
 @cli.command()

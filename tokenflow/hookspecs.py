@@ -96,6 +96,20 @@ def register_blenders(register: Callable[[type], None]) -> None:
     """
 
 
+@hookspec
+def register_control_extractors(register: Callable[..., None]) -> None:
+    """Register control extractors: what turns source frames into ControlNet control images.
+
+    :param register: call it as ``register(name, extract, version=1)``. ``extract(frames)`` gets
+        the source frames, ``uint8`` of shape ``(N, H, W, 3)`` at the working resolution, and
+        returns the control images as ``float32`` in ``[0, 1]``, shape ``(N, H, W, 3)``. Bump
+        ``version`` when the output changes: it is part of the cache key of editors that use it.
+
+    Called when a run plans an editor that uses control images (``-o control NAME``) and by
+    ``tf stages``; a name registered twice is an error naming both plugins.
+    """
+
+
 # --- execution --------------------------------------------------------------------------------
 
 

@@ -47,6 +47,11 @@ class EditorOutput:
     (kept in the editor's store for inspection). An editor that does not propagate
     (``propagates = False``) edits every frame itself and returns the next ``latents`` of all
     frames; the blender is then not called.
+
+    Optional editor methods the loop calls when present: ``first_step(run) -> int`` (the index on
+    the editing grid where the loop starts, default 0; SDEdit starts later) and
+    ``finish_step(step, latents) -> latents`` (post-processes every frame's next latents after
+    the blender's step, e.g. to keep the source outside a region).
     """
 
     tokens: dict[str, torch.Tensor]
@@ -107,12 +112,14 @@ class EditRun:
         conv: dict[str, torch.Tensor] | None = None,
         provide: Callable[[str], torch.Tensor | None] | None = None,
         keep: dict[str, torch.Tensor] | None = None,
+        extra: Callable[[torch.Tensor, int, torch.Tensor], dict[str, Any]] | None = None,
     ) -> torch.Tensor:
         """One UNet call on ``n_branches`` x frames (branch-major), with the given instructions.
 
         ``latents`` has the frames once (F, c, h, w); it is repeated for every branch. ``text``
-        holds one embedding per branch (n_branches, T, D). Returns the raw model output,
-        ``(n_branches * F, c, h, w)``.
+        holds one embedding per branch (n_branches, T, D). ``extra(x, t, emb)`` may return more
+        keyword arguments for the UNet, computed from its batched inputs (ControlNet residuals,
+        for example). Returns the raw model output, ``(n_branches * F, c, h, w)``.
         """
         model, state = self.model, self.state
         frames = latents.shape[0]
@@ -126,7 +133,8 @@ class EditRun:
         state.provide = provide
         state.keep = keep
         try:
-            out = model.unet(x, int(t), encoder_hidden_states=emb, return_dict=False)[0]
+            kwargs = extra(x, int(t), emb) if extra is not None else {}
+            out = model.unet(x, int(t), encoder_hidden_states=emb, return_dict=False, **kwargs)[0]
         finally:
             state.reset()
         self.unet_frames += x.shape[0]
@@ -215,31 +223,44 @@ def start_latents(run: EditRun, t: int) -> torch.Tensor:
 
 
 def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group) -> EditRun:
-    """Run the loop, writing the editor's and the blender's stores; returns the run (counters)."""
+    """Run the loop, writing the editor's and the blender's stores; returns the run (counters).
+
+    The stores hold the timesteps the loop ran: ``timesteps[first:]`` where ``first`` is the
+    editor's ``first_step(run)`` (0 unless the editor starts later on the grid).
+    """
     run = make_run(ctx)
     editor, blender = run.editor, run.blender
-    n, steps = run.n_frames, len(run.timesteps)
+    n = run.n_frames
     k = run.keyframes.shape[1]
     lat_shape = tuple(run.x0.shape[1:])
-    write_coord(editor_out, TIMESTEP, run.timesteps)
-    ed_kf = create_array(editor_out, "keyframes", dims=(TIMESTEP, KEYFRAME), shape=(steps, k),
-                         dtype="int64")
-    ed_out = create_array(editor_out, "model_output", dims=(TIMESTEP, KEYFRAME, *LATENT_DIMS),
-                          shape=(steps, k) + lat_shape, dtype="float32", chunks=(1, k) + lat_shape)
-    write_coord(blender_out, TIMESTEP, run.timesteps)
-    write_coord(blender_out, FRAME, range(n))
-    bl_lat = create_array(blender_out, "latents", dims=(TIMESTEP, FRAME, *LATENT_DIMS),
-                          shape=(steps, n) + lat_shape, dtype="float32",
-                          chunks=(1, n) + lat_shape)
-    blender_out.attrs["latents_note"] = "latents after the DDIM step taken at each timestep"
+    finish = getattr(editor, "finish_step", None)
     with torch.no_grad(), tokenflow_attention(
         ctx.model.unet, run.state, editor.conv_layers(run)
     ) as layers:
         run.layers = layers
         run.editor_state = editor.start(run)
+        first = int(editor.first_step(run)) if hasattr(editor, "first_step") else 0
+        if not 0 <= first < len(run.timesteps):
+            raise StageError(f"editor {editor.name!r} starts at step {first} of a "
+                             f"{len(run.timesteps)}-step grid")
+        ran = run.timesteps[first:]
+        steps = len(ran)
+        write_coord(editor_out, TIMESTEP, ran)
+        ed_kf = create_array(editor_out, "keyframes", dims=(TIMESTEP, KEYFRAME), shape=(steps, k),
+                             dtype="int64")
+        ed_out = create_array(editor_out, "model_output", dims=(TIMESTEP, KEYFRAME, *LATENT_DIMS),
+                              shape=(steps, k) + lat_shape, dtype="float32",
+                              chunks=(1, k) + lat_shape)
+        write_coord(blender_out, TIMESTEP, ran)
+        write_coord(blender_out, FRAME, range(n))
+        bl_lat = create_array(blender_out, "latents", dims=(TIMESTEP, FRAME, *LATENT_DIMS),
+                              shape=(steps, n) + lat_shape, dtype="float32",
+                              chunks=(1, n) + lat_shape)
+        blender_out.attrs["latents_note"] = "latents after the DDIM step taken at each timestep"
         latents = editor.initial_latents(run)
         with ctx.bar(steps, f"edit ({editor.name} + {blender.name})") as bar:
-            for i, t in enumerate(run.timesteps):
+            for j, t in enumerate(ran):
+                i = first + j
                 keyframes = [int(f) for f in run.keyframes[i]]
                 step = EditStep(run=run, index=i, timestep=int(t), latents=latents,
                                 keyframes=keyframes)
@@ -248,15 +269,17 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group)
                     latents = edited.latents
                 else:
                     latents = blender.blend_step(step, edited.tokens)
-                ed_kf[i] = np.asarray(keyframes)
-                ed_out[i] = edited.model_output.detach().cpu().numpy()
-                bl_lat[i] = latents.detach().cpu().numpy()
+                if finish is not None:
+                    latents = finish(step, latents)
+                ed_kf[j] = np.asarray(keyframes)
+                ed_out[j] = edited.model_output.detach().cpu().numpy()
+                bl_lat[j] = latents.detach().cpu().numpy()
                 bar.update(1)
     frames = ctx.model.decode_latents(latents)
     create_array(blender_out, "frames", dims=(FRAME, HEIGHT, WIDTH, RGB), data=frames,
                  chunks=(1,) + frames.shape[1:])
     stats = {"unet_calls": run.unet_calls, "unet_frame_evals": run.unet_frames,
-             "steps": steps, "frames": n, "keyframes_per_step": k}
+             "steps": steps, "first_step": first, "frames": n, "keyframes_per_step": k}
     blender_out.attrs["stats"] = stats
     editor_out.attrs["stats"] = stats
     return run

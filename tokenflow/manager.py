@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import types
 
 import pluggy
 
@@ -27,18 +28,24 @@ def _entry_points():
 
 
 class PluginManager(pluggy.PluginManager):
-    """pluggy's manager plus ``distributions``: plugin name -> (distribution, version)."""
+    """pluggy's manager plus ``distributions`` (plugin name -> (distribution, version)) and
+    ``failures`` (plugin name -> one-line message, for plugins that failed to import)."""
 
     def __init__(self) -> None:
         super().__init__(GROUP)
         self.distributions: dict[str, tuple[str, str]] = {}
+        self.failures: dict[str, str] = {}
 
 
-def make_plugin_manager(*, load_entry_points: bool = True, environ=None) -> PluginManager:
+def make_plugin_manager(*, load_entry_points: bool = True, environ=None,
+                        strict: bool = False) -> PluginManager:
     """A fresh manager with the hookspecs, the core plugins and the entry-point plugins.
 
     ``TOKENFLOW_LOAD_PLUGINS=dist-a,dist-b`` limits third-party loading to those distributions
-    (an empty value loads none); the built-in stages always load.
+    (an empty value loads none); the built-in stages always load. A plugin that fails to import
+    is skipped and recorded in ``pm.failures`` (one line naming it and its distribution), or
+    raises :class:`PluginLoadError` with ``strict=True``. A built-in plugin failing to import is
+    always an error: the installation is broken.
     """
     from . import runner
 
@@ -50,7 +57,7 @@ def make_plugin_manager(*, load_entry_points: bool = True, environ=None) -> Plug
     if load_entry_points:
         allowed = environ.get(LOAD_PLUGINS_ENV)
         allow = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-        load_group(pm, allow)
+        load_group(pm, allow, strict=strict)
     return pm
 
 
@@ -59,7 +66,7 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def load_group(pm: PluginManager, allow: set[str] | None = None) -> None:
+def load_group(pm: PluginManager, allow: set[str] | None = None, *, strict: bool = True) -> None:
     """Load the entry points of the group, like ``pm.load_setuptools_entrypoints`` but with
     a per-plugin error message and the distribution allow-list applied before importing."""
     allow_norm = None if allow is None else {_norm(a) for a in allow} | {BUILTIN_DISTRIBUTION}
@@ -74,9 +81,50 @@ def load_group(pm: PluginManager, allow: set[str] | None = None) -> None:
         try:
             plugin = ep.load()
         except Exception as exc:
-            raise PluginLoadError(
-                f"plugin {ep.name} (distribution {dist_name}) failed to import: "
-                f"{type(exc).__name__}: {exc}"
-            ) from exc
+            first = (str(exc).strip().splitlines() or [""])[0]
+            message = (f"plugin {ep.name} (distribution {dist_name}) failed to import: "
+                       f"{type(exc).__name__}: {first}")
+            if strict or _norm(dist_name) == BUILTIN_DISTRIBUTION:
+                raise PluginLoadError(message) from exc
+            pm.failures[ep.name] = message
+            continue
         pm.register(plugin, name=ep.name)
         pm.distributions[ep.name] = (dist_name, dist.version if dist is not None else "?")
+
+
+def _module_owners(pm: PluginManager, registry=None) -> dict[str, str]:
+    """Module name -> plugin name, for every registered plugin and the stage classes it added."""
+    owners: dict[str, str] = {}
+    for name, plugin in pm.list_name_plugin():
+        if plugin is None:
+            continue
+        module = getattr(plugin, "__name__", None) if isinstance(plugin, types.ModuleType) else None
+        owners.setdefault(module or type(plugin).__module__, name)
+    if registry is not None:
+        for kind, classes in registry.stages.items():
+            for stage_name, cls in classes.items():
+                plugin = registry.owner(kind, stage_name).split(" (", 1)[0]
+                for klass in cls.__mro__:  # the class and the plugin classes it builds on
+                    module = getattr(klass, "__module__", "")
+                    if module and not module.startswith(("builtins", "tokenflow.")):
+                        owners.setdefault(module, plugin)
+    return owners
+
+
+def blame(pm: PluginManager, exc: BaseException, registry=None) -> str | None:
+    """The plugin whose code raised ``exc`` (innermost traceback frame in a plugin's module),
+    described as ``name (distribution version)``, or None if no plugin code is involved."""
+    from .registry import describe_plugin
+
+    owners = _module_owners(pm, registry)
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    for module in reversed(frames):
+        name = owners.get(module)
+        if name is not None:
+            plugin = pm.get_plugin(name)
+            return describe_plugin(pm, plugin) if plugin is not None else name
+    return None

@@ -543,3 +543,103 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
         module.to(device).eval().requires_grad_(False)
     return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label,
                  defaults=dict(extra.get("defaults", {})))
+
+
+# --------------------------------------------------------------------------------------------- ControlNet
+
+
+def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None) -> Path:
+    """The directory of a diffusers ControlNet (local, or a Hub id from the cache or downloaded)."""
+    text = os.fspath(controlnet)
+    path = Path(text).expanduser()
+    if path.is_file():
+        raise ModelError(f"ControlNet {text} is a file; give a diffusers ControlNet directory "
+                         "(config.json + diffusion_pytorch_model.safetensors)")
+    if not path.is_dir():
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import validate_repo_id
+
+        try:
+            validate_repo_id(text)
+        except Exception:  # noqa: BLE001
+            raise ModelError(f"ControlNet {text} does not exist (neither a directory nor a Hugging "
+                             "Face model id)") from None
+        patterns = ["config.json", "diffusion_pytorch_model.safetensors*"]
+        for local_only in (True, False):
+            try:
+                path = Path(snapshot_download(text, revision=revision, allow_patterns=patterns,
+                                              local_files_only=local_only))
+                break
+            except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
+                if not local_only:
+                    raise ModelError(f"ControlNet {text}: not a local directory, and not found in "
+                                     f"the Hugging Face cache nor downloadable ({_one_line(exc)})") from None
+    config = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    if config is None or config.get("_class_name") != "ControlNetModel":
+        raise ModelError(f"{text} is not a diffusers ControlNet (config.json with _class_name "
+                         "ControlNetModel)")
+    if not (path / "diffusion_pytorch_model.safetensors").is_file():
+        pickles = [f.name for f in path.iterdir() if f.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+        why = "has only pickle weights" if pickles else "has no diffusion_pytorch_model.safetensors"
+        raise ModelError(f"ControlNet {text} {why}; safetensors weights are required")
+    return path
+
+
+def controlnet_key(controlnet: str | os.PathLike, revision: str | None = None) -> str:
+    """Content key of a ControlNet: sha256 over its config and weights."""
+    root = _controlnet_dir(controlnet, revision)
+    files = [root / "config.json", root / "diffusion_pytorch_model.safetensors"]
+    h = hashlib.sha256(b"tokenflow-controlnet-key-v1\n")
+    for file, digest in zip(files, _file_digests(files)):
+        h.update(f"{file.name}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def load_controlnet(controlnet: str | os.PathLike, model: Model, revision: str | None = None):
+    """A frozen ``ControlNetModel`` on ``model``'s device and dtype, checked to fit its UNet."""
+    from diffusers import ControlNetModel
+
+    root = _controlnet_dir(controlnet, revision)
+    name = os.fspath(controlnet)
+    config = _read_json(root / "config.json")
+    unet = model.unet.config
+    for field_name in ("block_out_channels", "cross_attention_dim", "in_channels"):
+        want, got = unet.get(field_name), config.get(field_name)
+        if isinstance(want, (list, tuple)):
+            want, got = list(want), list(got) if isinstance(got, (list, tuple)) else got
+        if got != want:
+            raise ModelError(f"ControlNet {name} does not fit this UNet: {field_name} is {got}, "
+                             f"the UNet's is {want}")
+    downs = len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1
+    if 2 ** downs != model.vae_scale_factor:
+        raise ModelError(f"ControlNet {name} downsamples control images {2 ** downs}x, the VAE "
+                         f"{model.vae_scale_factor}x")
+    kwargs: dict[str, Any] = {"use_safetensors": True, "torch_dtype": model.dtype,
+                              "local_files_only": True}
+    if importlib.util.find_spec("accelerate") is None:
+        kwargs["low_cpu_mem_usage"] = False
+    try:
+        net = ControlNetModel.from_pretrained(root, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - surface library errors as one line
+        raise ModelError(f"ControlNet {name} could not be loaded ({_one_line(exc)})") from None
+    return net.to(model.device).eval().requires_grad_(False)
+
+
+def save_tiny_controlnet(directory: str | os.PathLike, unet, *, seed: int = 0,
+                         vae_scale_factor: int = 8, random_zero_convs: bool = True) -> Path:
+    """A ControlNet built from ``unet``'s config (its encoder weights copied, as diffusers'
+    ``ControlNetModel.from_unet`` does), saved as safetensors. ControlNets start with zero
+    output convolutions, which would leave the UNet unchanged; ``random_zero_convs`` gives them
+    small seeded noise so that tests can see the control act."""
+    from diffusers import ControlNetModel
+
+    downs = int(round(np.log2(vae_scale_factor)))
+    channels = tuple(16 * 2 ** min(i, 1) for i in range(downs + 1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
+        if random_zero_convs:
+            _reinit_zero_weights(net)
+    directory = Path(directory)
+    net.save_pretrained(directory, safe_serialization=True)
+    return directory

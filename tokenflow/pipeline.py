@@ -139,8 +139,11 @@ def plan(
 
 
 def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
-                 config: RunConfig) -> dict[str, str]:
-    """Cache keys of every stage: a Merkle chain through ``requires`` (blender <- editor)."""
+                 config: RunConfig, pm: Any = None) -> dict[str, str]:
+    """Cache keys of every stage: a Merkle chain through ``requires`` (blender <- editor).
+
+    A stage with a ``key_inputs(pm)`` method adds what it returns to its inputs.
+    """
     keys: dict[str, str] = {}
     for kind, stage in stages.items():
         upstream = {k: keys[k] for k in stage.requires if k in keys}
@@ -149,6 +152,9 @@ def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
             "video": video_hash,
             "config": {f: getattr(config, f) for f in getattr(stage, "reads_config", ("steps",))},
         }
+        extra = getattr(stage, "key_inputs", None)
+        if extra is not None:
+            inputs["stage"] = extra(pm)
         if kind == EDITOR and BLENDER in stages:
             blender = stages[BLENDER]
             inputs["blender"] = {"name": blender.name, "version": blender.version,
@@ -169,6 +175,10 @@ class Job:
     keys: dict[str, str]
     base: StageContext
     results: dict[str, StageResult] = field(default_factory=dict)
+    #: The kind being run when ``run`` raised (None after a complete run).
+    failed: str | None = None
+    #: The registry the stages came from (names the plugin of each stage in error messages).
+    registry: Registry | None = None
 
     def pending(self) -> list[str]:
         """Kinds whose store is not in the cache yet."""
@@ -197,6 +207,7 @@ class Job:
             kinds = [EDITOR, BLENDER] if kind == BLENDER else [kind]
             ctx = self._context(kinds)
             observed = [(k, self.stages[k]) for k in kinds]  # the loop runs editor and blender
+            self.failed = kind
             for k, s in observed:
                 hook.before_stage(ctx=ctx, stage=s, key=self.keys[k])
             try:
@@ -214,7 +225,35 @@ class Job:
                     cached=result.cached, seconds=result.seconds, stats=result.stats)
             for k, s in observed:
                 hook.after_stage(ctx=ctx, stage=s, key=self.keys[k], result=self.results[k])
+        self.failed = None
         return self.results
 
 
-__all__ = ["DEFAULT_STAGES", "FEATURES", "Job", "compute_keys", "plan", "resolve_option"]
+def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry | None = None,
+              choices: Mapping[str, str] | None = None,
+              params: Mapping[str, Mapping[str, Any]] | None = None,
+              options: list[tuple[str, str]] | None = None, until: str = BLENDER,
+              quiet: bool = True, runtime: Mapping[str, Any] | None = None) -> Job:
+    """Plan a run and hash its keys, as ``tf run`` does (the model's suggested defaults, then
+    ``params``, then ``options``). ``cache``: a :class:`tokenflow.cache.StageCache` or its
+    directory; ``runtime``: knobs that do not change outputs (``unet_batch``). Raises
+    :class:`ParamError` or :class:`StageError` for a run that cannot be planned."""
+    from .cache.store import StageCache
+    from .registry import build_registry
+    from .video import frames_hash
+
+    registry = registry if registry is not None else build_registry(pm)
+    stages = plan(registry, config, choices=choices, params=params,
+                  options=[tuple(o) for o in options or []], until=until,
+                  defaults=getattr(model, "defaults", None))
+    keys = compute_keys(stages, model_key=model.key, video_hash=frames_hash(frames),
+                        config=config, pm=pm)
+    store = cache if isinstance(cache, StageCache) else StageCache(cache)
+    knobs = {"unet_batch": config.batch_size, **(runtime or {})}
+    base = StageContext(model=model, frames=frames, config=config, keys=keys, stages=stages,
+                        cache=store, quiet=quiet, hook=pm.hook, pm=pm, options=knobs)
+    return Job(pm=pm, stages=stages, keys=keys, base=base, registry=registry)
+
+
+__all__ = ["DEFAULT_STAGES", "FEATURES", "Job", "build_job", "compute_keys", "plan",
+           "resolve_option"]

@@ -210,6 +210,10 @@ class StageBase:
         """Bytes this stage will write to its store (for the size printed before a run)."""
         return 0
 
+    # Optional: ``key_inputs(self, pm) -> dict``: more inputs of the output that the params only
+    # name (the hash of weights a path points at, the version of a helper looked up by name).
+    # JSON-able; hashed into this stage's key. Raise StageError if they cannot be resolved.
+
     def __repr__(self) -> str:
         return f"<{self.kind} {self.name!r} v{self.version} {self.params}>"
 
@@ -246,6 +250,8 @@ class StageContext:
     cache: Any = None
     quiet: bool = False
     hook: Any = None
+    #: The run's plugin manager (``hook`` is ``pm.hook``), for helpers registered by plugins.
+    pm: Any = None
     #: Runtime knobs that do not change outputs (memory batch sizes etc.).
     options: dict[str, Any] = field(default_factory=dict)
 

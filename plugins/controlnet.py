@@ -1,0 +1,134 @@
+"""Editor ``controlnet``: PnP or SDEdit on the keyframes plus a diffusers ``ControlNetModel``.
+
+Every UNet call of the editing loop (the keyframes' joint edit and the propagation calls of the
+blender) also gets the ControlNet's residuals, computed from the same noisy latents, timestep and
+text, and from each frame's control image. Control images come from a control extractor
+(``-o control canny``; others are registered by plugins through
+``register_control_extractors``) applied to the source frames at the working resolution. The
+ControlNet acts on both CFG branches with ``control_scale`` at every step.
+
+``mode pnp`` (default) edits as ``pnp`` does (same injection parameters and defaults);
+``mode sdedit`` as ``sdedit`` (``strength``; no injection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tokenflow_plugins.pnp import PnPEditor, PnPParams
+from tokenflow_plugins.sdedit import sdedit_steps
+
+from tokenflow import EDITOR, StageError, hookimpl
+from tokenflow.loop import EditRun, EditStep, start_latents
+
+
+@dataclass(frozen=True)
+class ControlNetParams(PnPParams):
+    """PnP's parameters, plus: ``controlnet``: a diffusers ControlNet directory or Hub id (its
+    weights' content is part of the cache key); ``control``: the control extractor's name;
+    ``control_scale``: the ControlNet's conditioning scale; ``mode``: ``pnp`` or ``sdedit``;
+    ``strength``: SDEdit's strength (mode ``sdedit`` only)."""
+
+    controlnet: str = ""
+    control: str = "canny"
+    control_scale: float = 1.0
+    mode: Literal["pnp", "sdedit"] = "pnp"
+    strength: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError("strength must be in (0, 1]")
+        if self.control_scale < 0:
+            raise ValueError("control_scale must be >= 0")
+
+
+class ControlNetEditor(PnPEditor):
+    kind = EDITOR
+    name = "controlnet"
+    version = 1
+    Params = ControlNetParams
+    summary = "PnP or SDEdit on keyframes guided by a ControlNet (-o controlnet DIR -o control canny)"
+
+    @property
+    def sdedit(self) -> bool:
+        return self.params.mode == "sdedit"
+
+    def key_inputs(self, pm) -> dict:
+        """The ControlNet weights' content and the extractor's version are inputs of the output."""
+        from tokenflow.controls import get_extractor
+        from tokenflow.models import ModelError, controlnet_key
+
+        if not self.params.controlnet:
+            raise StageError("the controlnet editor needs -o controlnet DIR_OR_HUB_ID")
+        extractor = get_extractor(pm, self.params.control)
+        try:
+            key = controlnet_key(self.params.controlnet)
+        except ModelError as exc:
+            raise StageError(str(exc)) from None
+        return {"controlnet": key, "control": [extractor.name, extractor.version]}
+
+    def upstream_params(self, config) -> dict:
+        return {} if self.sdedit else super().upstream_params(config)
+
+    def conv_layers(self, run: EditRun) -> tuple[str, ...]:
+        return () if self.sdedit else self.params.conv_layers
+
+    def qk_steps(self, steps: int) -> int:
+        return 0 if self.sdedit else super().qk_steps(steps)
+
+    def conv_steps(self, steps: int) -> int:
+        return 0 if self.sdedit else super().conv_steps(steps)
+
+    def first_step(self, run: EditRun) -> int:
+        if not self.sdedit:
+            return 0
+        first, n = sdedit_steps(len(run.timesteps), self.params.strength)
+        if n == 0:
+            raise StageError(f"controlnet: strength {self.params.strength} runs no step of a "
+                             f"{len(run.timesteps)}-step grid")
+        return first
+
+    def start(self, run: EditRun) -> dict:
+        from tokenflow.controls import get_extractor
+        from tokenflow.models import ModelError, load_controlnet
+
+        if self.sdedit:
+            text = run.model.encode_prompts([self.params.negative_prompt, self.params.prompt])
+            state = {"text": text, "qk_layers": []}
+        else:
+            state = super().start(run)
+        extractor = get_extractor(run.ctx.pm, self.params.control)
+        try:
+            net = load_controlnet(self.params.controlnet, run.model)
+        except ModelError as exc:
+            raise StageError(str(exc)) from None
+        images = extractor(run.ctx.frames)
+        control = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        state["controlnet"] = net
+        state["control"] = control.to(run.model.device, run.model.dtype)
+        return state
+
+    def initial_latents(self, run: EditRun) -> torch.Tensor:
+        return start_latents(run, run.timesteps[self.first_step(run)])
+
+    def unet_extra(self, step: EditStep, frames: list[int]):
+        run = step.run
+        net = run.editor_state["controlnet"]
+        images = run.editor_state["control"][frames]
+        scale = float(self.params.control_scale)
+
+        def residuals(x: torch.Tensor, t: int, emb: torch.Tensor) -> dict:
+            cond = images.repeat(x.shape[0] // images.shape[0], 1, 1, 1)
+            down, mid = net(x, t, encoder_hidden_states=emb, controlnet_cond=cond,
+                            conditioning_scale=scale, return_dict=False)
+            return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+        return residuals
+
+
+@hookimpl
+def register_editors(register):
+    register(ControlNetEditor)
