@@ -27,7 +27,8 @@ from tokenflow.loop import EditRun, EditStep, start_latents
 @dataclass(frozen=True)
 class ControlNetParams(PnPParams):
     """PnP's parameters, plus: ``controlnet``: a diffusers ControlNet directory or Hub id (its
-    weights' content is part of the cache key); ``control``: the control extractor's name;
+    weights' content is part of the cache key; a relative path that is not in the working
+    directory is looked up in the model's directory, where a checkpoint may ship ControlNets); ``control``: the control extractor's name;
     ``control_scale``: the ControlNet's conditioning scale; ``mode``: ``pnp`` or ``sdedit``;
     ``strength``: SDEdit's strength (mode ``sdedit`` only)."""
 
@@ -56,7 +57,7 @@ class ControlNetEditor(PnPEditor):
     def sdedit(self) -> bool:
         return self.params.mode == "sdedit"
 
-    def key_inputs(self, pm) -> dict:
+    def key_inputs(self, pm, model) -> dict:
         """The ControlNet weights' content and the extractor's version are inputs of the output."""
         from tokenflow.controls import get_extractor
         from tokenflow.models import ModelError, controlnet_key
@@ -65,7 +66,7 @@ class ControlNetEditor(PnPEditor):
             raise StageError("the controlnet editor needs -o controlnet DIR_OR_HUB_ID")
         extractor = get_extractor(pm, self.params.control)
         try:
-            key = controlnet_key(self.params.controlnet)
+            key = controlnet_key(self.params.controlnet, base=model.root)
         except ModelError as exc:
             raise StageError(str(exc)) from None
         return {"controlnet": key, "control": [extractor.name, extractor.version]}

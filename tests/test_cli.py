@@ -200,7 +200,7 @@ BUILTIN_STAGES = {
     "features": {"unet"},
     "keyframes": {"random"},
     "correspondence": {"nn"},
-    "editor": {"pnp", "pnp-frames"},
+    "editor": {"pnp", "pnp-frames", "sdedit", "controlnet"},
     "blender": {"tokenflow"},
 }
 
@@ -217,7 +217,9 @@ def test_tf_stages_lists_every_builtin_stage_with_params(world: World) -> None:
     result = world.invoke("stages", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert list(doc) == list(KINDS)
+    assert list(doc) == [*KINDS, "control_extractors"]
+    (canny,) = [e for e in doc["control_extractors"] if e["name"] == "canny"]
+    assert canny["version"] == 1 and canny["plugin"].startswith("tokenflow_plugins.canny_control ")
     classes = _builtin_classes()
     for kind, names in BUILTIN_STAGES.items():
         listed = {item["name"]: item for item in doc[kind]}
@@ -242,6 +244,8 @@ def test_tf_stages_lists_every_builtin_stage_with_params(world: World) -> None:
         for name in names:
             assert re.search(rf"^  {re.escape(name)} \(v\d+, ", text.stdout, re.M), name
     assert "      guidance_scale: float = 7.5" in text.stdout
+    assert re.search(r"^control extractors \(-o control NAME\):\n  canny \(v1, tokenflow_plugins"
+                     r"\.canny_control ", text.stdout, re.M)
 
 
 def test_tf_plugins_lists_builtin_modules_with_distribution(world: World) -> None:

@@ -118,6 +118,12 @@ def test_load_none_gives_the_embedded_model() -> None:
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
     assert m.defaults.get("inversion.inversion_steps") == 50
+    from tokenflow.train import EMBEDDED_DEFAULTS
+
+    assert m.defaults == EMBEDDED_DEFAULTS  # the shipped suggestions are the recipe's
+    # every editor shares one feature store: it keeps what PnP's defaults inject
+    assert m.defaults["features.conv_layers"] == m.defaults["editor.conv_layers"]
+    assert m.defaults["features.conv_t"] == m.defaults["editor.pnp_f_t"]
     assert m.tokenizer.model_max_length == 32
     assert m.scaling_factor != pytest.approx(0.18215)  # measured on its own latents
     assert load_model(None, device="cpu").key == m.key

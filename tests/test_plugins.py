@@ -330,18 +330,30 @@ def test_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -
                         error=ImportError("No module named 'missing_dependency'"))
     real = list(entry_points(group="tokenflow"))
     monkeypatch.setattr(tokenflow.manager, "_entry_points", lambda: [*real, ep])
-    with pytest.raises(PluginLoadError) as info:
-        make_plugin_manager(environ={})
-    message = str(info.value)
+    # the default skips it and records one line naming it and its distribution
+    pm = make_plugin_manager(environ={})
+    assert list(pm.failures) == ["broken_pkg.stages"]
+    message = pm.failures["broken_pkg.stages"]
     assert "broken_pkg.stages" in message and "broken-pkg" in message
     assert "missing_dependency" in message and "\n" not in message
+    assert pm.get_plugin("broken_pkg.stages") is None
+    _builtins_loaded(pm)
+    # strict loading makes it an error with the same message
+    with pytest.raises(PluginLoadError) as info:
+        make_plugin_manager(environ={}, strict=True)
+    assert str(info.value) == message
     # blocked, it is never imported, so it cannot break a run
+    loads = ep.loads
     pm = make_plugin_manager(environ={"TOKENFLOW_LOAD_PLUGINS": ""})
-    assert ep.loads == 1 and pm.is_blocked("broken_pkg.stages")
-    # and the CLI turns the error into one line
-    result = CliRunner().invoke(cli, ["plugins"], env={"TOKENFLOW_LOAD_PLUGINS": None})
+    assert ep.loads == loads and pm.is_blocked("broken_pkg.stages") and pm.failures == {}
+    # tf plugins lists it as failed and exits 1, with one line of error
+    result = CliRunner().invoke(cli, ["plugins"], env={"TOKENFLOW_LOAD_PLUGINS": None,
+                                                       "TOKENFLOW_DEBUG": None})
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert "broken_pkg.stages" in result.output and "broken-pkg" in result.output
+    (failed,) = [ln for ln in result.stdout.splitlines() if "broken_pkg.stages" in ln]
+    assert failed.startswith("broken_pkg.stages  [FAILED]") and "broken-pkg" in failed
+    assert result.stderr.strip().splitlines() == [
+        "Error: 1 plugin(s) failed to import (listed above)"]
 
 
 def test_tf_plugins_lists_a_third_party_plugin(fake_ep: FakeEntryPoint) -> None:

@@ -166,7 +166,19 @@ def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, para
                          choices=choices, params=params, options=options, until=until,
                          quiet=quiet, runtime={"unet_batch": unet_batch or config.batch_size})
     except (ParamError, StageError) as exc:
+        if _debug():
+            raise
         raise click.UsageError(str(exc)) from None
+    except Exception as exc:  # a plugin's bug while the run is planned: one line, named
+        if _debug():
+            raise
+        from .manager import blame
+
+        culprit = blame(pm, exc, registry)
+        where = f" in plugin {culprit}" if culprit else ""
+        text = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise click.ClickException(f"planning the run failed{where}: {type(exc).__name__}: "
+                                   f"{text} (--debug shows the traceback)") from None
 
 
 def _free_bytes(path: Path) -> int:
@@ -183,6 +195,20 @@ LARGE_CACHE = 8 * 2**30
 
 
 def _run_job(job, quiet: bool) -> dict:
+    """Run a planned job; any error becomes one line (a plugin's names the plugin)."""
+    try:
+        return _checked_run(job, quiet)
+    except (StageError, ParamError) as exc:
+        if _debug():
+            raise
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a bug, in a plugin or in tokenflow: one line, named
+        if _debug():
+            raise
+        raise click.ClickException(_failure_line(job, exc)) from None
+
+
+def _checked_run(job, quiet: bool) -> dict:
     root = job.base.cache.root
     if root.exists() and not root.is_dir():
         raise click.ClickException(f"--cache-dir {root} is a file, not a directory")
@@ -201,16 +227,7 @@ def _run_job(job, quiet: bool) -> dict:
             _say(quiet, f"note: {hint}")
     else:
         _say(quiet, f"cache {job.base.cache.root}: every stage is cached")
-    try:
-        return job.run()
-    except (StageError, ParamError) as exc:
-        if _debug():
-            raise
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:  # a bug, in a plugin or in tokenflow: one line, named
-        if _debug():
-            raise
-        raise click.ClickException(_failure_line(job, exc)) from None
+    return job.run()
 
 
 def _failure_line(job, exc: BaseException) -> str:
@@ -222,6 +239,8 @@ def _failure_line(job, exc: BaseException) -> str:
     what = f"{kind} stage {stage.name!r}" if stage is not None else "the run"
     if kind == "blender" and "editor" in job.stages:
         what = f"the editing loop (editor {job.stages['editor'].name!r}, blender {stage.name!r})"
+    if getattr(job, "failed_hook", None):
+        what = f"the {job.failed_hook} hook of {what}"
     culprit = blame(job.pm, exc, job.registry)
     where = f" in plugin {culprit}" if culprit else ""
     text = (str(exc).strip().splitlines() or [""])[0][:300]
@@ -490,8 +509,10 @@ def uninstall(name, quiet) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 def stages(as_json) -> None:
-    """List installed stages by kind, with their parameters."""
-    _, registry = _manager_and_registry()
+    """List installed stages by kind, with their parameters, and the control extractors."""
+    from .controls import control_extractors
+
+    pm, registry = _manager_and_registry()
     doc = {}
     for kind in KINDS:
         doc[kind] = []
@@ -500,15 +521,24 @@ def stages(as_json) -> None:
                       for p, (h, d) in param_fields(cls.Params).items()}
             doc[kind].append({"name": name, "version": cls.version, "plugin": registry.owner(kind, name),
                               "summary": getattr(cls, "summary", ""), "params": fields})
+    try:
+        extractors = control_extractors(pm)
+    except StageError as exc:
+        raise click.ClickException(str(exc)) from None
+    doc["control_extractors"] = [{"name": e.name, "version": e.version, "plugin": e.owner}
+                                 for _, e in sorted(extractors.items())]
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return
-    for kind, items in doc.items():
+    for kind in KINDS:
         click.echo(f"{kind}:")
-        for item in items:
+        for item in doc[kind]:
             click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']}): {item['summary']}")
             for p, info in item["params"].items():
                 click.echo(f"      {p}: {info['type']} = {info['default']!r}")
+    click.echo("control extractors (-o control NAME):")
+    for item in doc["control_extractors"]:
+        click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']})")
 
 
 @cli.group()

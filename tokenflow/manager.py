@@ -78,17 +78,21 @@ def load_group(pm: PluginManager, allow: set[str] | None = None, *, strict: bool
             continue
         if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
             continue
+        what = "failed to import"
         try:
             plugin = ep.load()
+            what = "is not a valid tokenflow plugin"
+            pm.register(plugin, name=ep.name)  # checks its hooks against the specs
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0]
-            message = (f"plugin {ep.name} (distribution {dist_name}) failed to import: "
-                       f"{type(exc).__name__}: {first}")
+            lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+            if not isinstance(exc, pluggy.PluginValidationError):
+                lines = lines[:1]  # an import error's first line says it; the rest is noise
+            message = (f"plugin {ep.name} (distribution {dist_name}) {what}: "
+                       f"{type(exc).__name__}: {'; '.join(lines)[:400]}")
             if strict or _norm(dist_name) == BUILTIN_DISTRIBUTION:
                 raise PluginLoadError(message) from exc
             pm.failures[ep.name] = message
             continue
-        pm.register(plugin, name=ep.name)
         pm.distributions[ep.name] = (dist_name, dist.version if dist is not None else "?")
 
 

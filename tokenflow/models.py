@@ -111,6 +111,8 @@ class Model:
     #: as ``{"kind.param": value}``, e.g. ``{"inversion.inversion_steps": 50}``; a run uses them
     #: where the user gave no value.
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: The checkpoint's directory (a Hub snapshot for Hub ids; None for models built in memory).
+    root: Path | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -542,16 +544,21 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
             module.to(dtype=dtype)
         module.to(device).eval().requires_grad_(False)
     return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label,
-                 defaults=dict(extra.get("defaults", {})))
+                 defaults=dict(extra.get("defaults", {})), root=root)
 
 
 # --------------------------------------------------------------------------------------------- ControlNet
 
 
-def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None) -> Path:
-    """The directory of a diffusers ControlNet (local, or a Hub id from the cache or downloaded)."""
+def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None,
+                    base: Path | None = None) -> Path:
+    """The directory of a diffusers ControlNet: a local directory, a subdirectory of the model's
+    own directory ``base`` (a relative path not found in the working directory; so a checkpoint
+    can ship its ControlNets), or a Hub id (from the cache, else downloaded)."""
     text = os.fspath(controlnet)
     path = Path(text).expanduser()
+    if not path.exists() and not path.is_absolute() and base is not None and (base / path).is_dir():
+        path = base / path
     if path.is_file():
         raise ModelError(f"ControlNet {text} is a file; give a diffusers ControlNet directory "
                          "(config.json + diffusion_pytorch_model.safetensors)")
@@ -585,9 +592,10 @@ def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None) 
     return path
 
 
-def controlnet_key(controlnet: str | os.PathLike, revision: str | None = None) -> str:
+def controlnet_key(controlnet: str | os.PathLike, revision: str | None = None,
+                   base: Path | None = None) -> str:
     """Content key of a ControlNet: sha256 over its config and weights."""
-    root = _controlnet_dir(controlnet, revision)
+    root = _controlnet_dir(controlnet, revision, base)
     files = [root / "config.json", root / "diffusion_pytorch_model.safetensors"]
     h = hashlib.sha256(b"tokenflow-controlnet-key-v1\n")
     for file, digest in zip(files, _file_digests(files)):
@@ -599,7 +607,7 @@ def load_controlnet(controlnet: str | os.PathLike, model: Model, revision: str |
     """A frozen ``ControlNetModel`` on ``model``'s device and dtype, checked to fit its UNet."""
     from diffusers import ControlNetModel
 
-    root = _controlnet_dir(controlnet, revision)
+    root = _controlnet_dir(controlnet, revision, model.root)
     name = os.fspath(controlnet)
     config = _read_json(root / "config.json")
     unet = model.unet.config
@@ -629,8 +637,10 @@ def save_tiny_controlnet(directory: str | os.PathLike, unet, *, seed: int = 0,
                          vae_scale_factor: int = 8, random_zero_convs: bool = True) -> Path:
     """A ControlNet built from ``unet``'s config (its encoder weights copied, as diffusers'
     ``ControlNetModel.from_unet`` does), saved as safetensors. ControlNets start with zero
-    output convolutions, which would leave the UNet unchanged; ``random_zero_convs`` gives them
-    small seeded noise so that tests can see the control act."""
+    convolutions (the control image's embedding and every residual output), which would leave
+    the UNet unchanged; ``random_zero_convs`` gives them torch's default seeded initialisation,
+    and the image embedding a variance-preserving one, so that tests can see the control image
+    act."""
     from diffusers import ControlNetModel
 
     downs = int(round(np.log2(vae_scale_factor)))
@@ -639,7 +649,15 @@ def save_tiny_controlnet(directory: str | os.PathLike, unet, *, seed: int = 0,
         torch.manual_seed(seed)
         net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=channels)
         if random_zero_convs:
-            _reinit_zero_weights(net)
+            for module in net.modules():  # torch's default init for every all-zero convolution
+                if isinstance(module, torch.nn.Conv2d) and not torch.any(module.weight):
+                    module.reset_parameters()
+            # and a variance-preserving init of the control image's embedding: with the default
+            # one its 8 convolutions shrink the image's signal ~10^4-fold, so the control is moot
+            for module in net.controlnet_cond_embedding.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    torch.nn.init.zeros_(module.bias)
     directory = Path(directory)
     net.save_pretrained(directory, safe_serialization=True)
     return directory

@@ -139,10 +139,10 @@ def plan(
 
 
 def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
-                 config: RunConfig, pm: Any = None) -> dict[str, str]:
+                 config: RunConfig, pm: Any = None, model: Any = None) -> dict[str, str]:
     """Cache keys of every stage: a Merkle chain through ``requires`` (blender <- editor).
 
-    A stage with a ``key_inputs(pm)`` method adds what it returns to its inputs.
+    A stage with a ``key_inputs(pm, model)`` method adds what it returns to its inputs.
     """
     keys: dict[str, str] = {}
     for kind, stage in stages.items():
@@ -154,7 +154,7 @@ def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
         }
         extra = getattr(stage, "key_inputs", None)
         if extra is not None:
-            inputs["stage"] = extra(pm)
+            inputs["stage"] = extra(pm, model)
         if kind == EDITOR and BLENDER in stages:
             blender = stages[BLENDER]
             inputs["blender"] = {"name": blender.name, "version": blender.version,
@@ -175,8 +175,10 @@ class Job:
     keys: dict[str, str]
     base: StageContext
     results: dict[str, StageResult] = field(default_factory=dict)
-    #: The kind being run when ``run`` raised (None after a complete run).
+    #: The kind being run when ``run`` raised (None after a complete run), and the lifecycle
+    #: hook that raised, if it was one (``before_stage``/``after_stage``).
     failed: str | None = None
+    failed_hook: str | None = None
     #: The registry the stages came from (names the plugin of each stage in error messages).
     registry: Registry | None = None
 
@@ -207,14 +209,17 @@ class Job:
             kinds = [EDITOR, BLENDER] if kind == BLENDER else [kind]
             ctx = self._context(kinds)
             observed = [(k, self.stages[k]) for k in kinds]  # the loop runs editor and blender
-            self.failed = kind
+            self.failed, self.failed_hook = kind, "before_stage"
             for k, s in observed:
                 hook.before_stage(ctx=ctx, stage=s, key=self.keys[k])
+            self.failed_hook = None
             try:
                 result = hook.run_stage(ctx=ctx, stage=stage)
             except BaseException as exc:
+                self.failed_hook = "on_stage_error"
                 for k, s in observed:
                     hook.on_stage_error(ctx=ctx, stage=s, key=self.keys[k], error=exc)
+                self.failed_hook = None
                 raise
             self.results[kind] = result
             if kind == BLENDER:
@@ -223,8 +228,10 @@ class Job:
                     EDITOR, editor.name, self.keys[EDITOR],
                     self.base.cache.path(EDITOR, editor.name, self.keys[EDITOR]),
                     cached=result.cached, seconds=result.seconds, stats=result.stats)
+            self.failed_hook = "after_stage"
             for k, s in observed:
                 hook.after_stage(ctx=ctx, stage=s, key=self.keys[k], result=self.results[k])
+            self.failed_hook = None
         self.failed = None
         return self.results
 
@@ -247,7 +254,7 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
                   options=[tuple(o) for o in options or []], until=until,
                   defaults=getattr(model, "defaults", None))
     keys = compute_keys(stages, model_key=model.key, video_hash=frames_hash(frames),
-                        config=config, pm=pm)
+                        config=config, pm=pm, model=model)
     store = cache if isinstance(cache, StageCache) else StageCache(cache)
     knobs = {"unet_batch": config.batch_size, **(runtime or {})}
     base = StageContext(model=model, frames=frames, config=config, keys=keys, stages=stages,

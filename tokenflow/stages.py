@@ -210,9 +210,9 @@ class StageBase:
         """Bytes this stage will write to its store (for the size printed before a run)."""
         return 0
 
-    # Optional: ``key_inputs(self, pm) -> dict``: more inputs of the output that the params only
-    # name (the hash of weights a path points at, the version of a helper looked up by name).
-    # JSON-able; hashed into this stage's key. Raise StageError if they cannot be resolved.
+    # Optional: ``key_inputs(self, pm, model) -> dict``: more inputs of the output that the params
+    # only name (the hash of weights a path points at, the version of a helper looked up by
+    # name). JSON-able; hashed into this stage's key. Raise StageError if they cannot be resolved.
 
     def __repr__(self) -> str:
         return f"<{self.kind} {self.name!r} v{self.version} {self.params}>"

@@ -8,6 +8,8 @@ Fixtures:
   unregisters it afterwards; returns the registry rebuilt with it.
 * ``tf_tiny_model_dir``: a tiny randomly initialised SD-shaped diffusers checkpoint (session).
 * ``tf_tiny_model``: that checkpoint loaded on the CPU in float32 (session).
+* ``tf_tiny_controlnet_dir``: a tiny ControlNet for that model's UNet (safetensors), its zero
+  output convolutions given small random weights so that the control visibly acts (session).
 * ``tf_video``: a path to a short synthetic clip (8 frames, 64x96, a square moving right).
 * ``tf_cache``: a :class:`tokenflow.cache.StageCache` in a temporary directory.
 """
@@ -70,6 +72,15 @@ def tf_tiny_model(tf_tiny_model_dir):
     from .models import load_model
 
     return load_model(str(tf_tiny_model_dir), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tf_tiny_controlnet_dir(tmp_path_factory, tf_tiny_model):
+    from .models import save_tiny_controlnet
+
+    return save_tiny_controlnet(tmp_path_factory.mktemp("tiny-controlnet") / "controlnet",
+                                tf_tiny_model.unet, seed=0,
+                                vae_scale_factor=tf_tiny_model.vae_scale_factor)
 
 
 @pytest.fixture

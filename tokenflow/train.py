@@ -52,6 +52,9 @@ VAE_CONFIG = dict(
 #: sweet spot is lower and its layout holds better with injection at every step.
 EMBEDDED_DEFAULTS = {
     "inversion.inversion_steps": 50,
+    # the feature store keeps what the PnP defaults below inject, so every editor shares one
+    "features.conv_layers": ["up_blocks.2.resnets.1", "up_blocks.3.resnets.0"],
+    "features.conv_t": 1.0,
     "editor.negative_prompt": "",
     "editor.guidance_scale": 2.0,
     "editor.conv_layers": ["up_blocks.2.resnets.1", "up_blocks.3.resnets.0"],
@@ -356,6 +359,80 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
                 compute=compute, after=update_ema, extra={"scaling_factor": scale})
 
 
+#: Control-image embedding channels of the embedded ControlNet: 3 stride-2 convolutions, 64 -> 8 px.
+CONTROLNET_EMBEDDING = (16, 32, 64, 64)
+
+
+def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5e-4,
+                     seed: int = 0, every: int = 250, drop: float = 0.1,
+                     snr_gamma: float = 5.0, model_dir: Path | None = None) -> None:
+    """A canny-edge ControlNet for the exported model (``model_dir``, default the embedded one):
+    frozen VAE, text encoder and UNet; the ControlNet starts as a copy of the UNet's encoder
+    (diffusers' ``from_unet``) with zero output convolutions, and learns to predict the noise
+    together with the UNet from the canny edges of each scene (the built-in extractor)."""
+    from diffusers import ControlNetModel, DDPMScheduler
+
+    from tokenflow_plugins.canny_control import canny
+
+    from .models import SD_SCHEDULER_CONFIG, load_model
+
+    model = load_model(str(model_dir) if model_dir else None, device="cpu", dtype=torch.float32)
+    torch.manual_seed(seed)
+    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    net.train()
+    params = list(net.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    empty = model.tokenizer([""], padding="max_length", max_length=model.tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+    noise_sched = DDPMScheduler.from_config({**SD_SCHEDULER_CONFIG})
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    scale = model.scaling_factor
+
+    def compute(step: int):
+        images, captions = scene_batch(seed + 40_000, step, batch)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        with torch.no_grad():
+            x0 = model.vae.encode(to_pixels(images)).latent_dist.mean * scale
+            ids = model.tokenizer(captions, padding="max_length", truncation=True,
+                                  max_length=model.tokenizer.model_max_length,
+                                  return_tensors="pt").input_ids
+            ids[torch.rand(batch, generator=g) < drop] = empty[0]
+            emb = model.text_encoder(ids)[0]
+        control = torch.from_numpy(canny(images)).permute(0, 3, 1, 2)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = noise_sched.add_noise(x0, noise, t)
+        down, mid = net(xt, t, encoder_hidden_states=emb, controlnet_cond=control, return_dict=False)
+        pred = model.unet(xt, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+        weight = torch.clamp(snr[t], max=snr_gamma) / snr[t]
+        return (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean(), {}
+
+    _train_loop(directory, "controlnet", {"controlnet": net}, opt, params, steps, lr=lr,
+                warmup=100, every=every, compute=compute)
+
+
+def export_controlnet(directory: Path, out: Path, dtype: str = "float16") -> Path:
+    """Write the trained ControlNet as a diffusers directory (safetensors, ``dtype``)."""
+    import shutil
+
+    from diffusers import ControlNetModel
+
+    from .models import load_model
+
+    model = load_model(None, device="cpu", dtype=torch.float32)
+    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    if load_checkpoint(directory, "controlnet", {"controlnet": net}, None)["step"] == 0:
+        raise SystemExit("nothing to export: train the ControlNet first")
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
 def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
     """Write the EMA weights as a diffusers SD directory (safetensors, ``dtype``)."""
     import shutil
@@ -393,7 +470,8 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tokenflow.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=("vae", "unet", "decoder", "export"))
+    parser.add_argument("phase", choices=("vae", "unet", "decoder", "export", "controlnet",
+                                          "export-controlnet"))
     parser.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "tokenflow-train")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -407,6 +485,12 @@ def main(argv: list[str] | None = None) -> None:
         train_unet(args.dir, args.steps or 7000, seed=args.seed)
     elif args.phase == "decoder":
         train_decoder(args.dir, args.steps or 1500, seed=args.seed)
+    elif args.phase == "controlnet":
+        train_controlnet(args.dir, args.steps or 1500, seed=args.seed)
+    elif args.phase == "export-controlnet":
+        out = args.out if args.out != Path(__file__).parent / "embedded" else (
+            Path(__file__).parent / "embedded" / "controlnet-canny")
+        print(export_controlnet(args.dir, out))
     else:
         print(export(args.dir, args.out))
 
