@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 from tokenflow_plugins.pnp import PnPEditor, PnPParams
-from tokenflow_plugins.sdedit import sdedit_steps
+from tokenflow_plugins.sdedit import check_strength, sdedit_first_step
 
 from tokenflow import EDITOR, StageError, hookimpl
 from tokenflow.loop import EditRun, EditStep, start_latents
@@ -40,8 +40,7 @@ class ControlNetParams(PnPParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError("strength must be in (0, 1]")
+        check_strength(self.strength)
         if self.control_scale < 0:
             raise ValueError("control_scale must be >= 0")
 
@@ -84,13 +83,7 @@ class ControlNetEditor(PnPEditor):
         return 0 if self.sdedit else super().conv_steps(steps)
 
     def first_step(self, run: EditRun) -> int:
-        if not self.sdedit:
-            return 0
-        first, n = sdedit_steps(len(run.timesteps), self.params.strength)
-        if n == 0:
-            raise StageError(f"controlnet: strength {self.params.strength} runs no step of a "
-                             f"{len(run.timesteps)}-step grid")
-        return first
+        return sdedit_first_step(run, self.params.strength, self.name) if self.sdedit else 0
 
     def start(self, run: EditRun) -> dict:
         from tokenflow.controls import get_extractor

@@ -44,15 +44,22 @@ CONV_LAYERS = ("up_blocks.1.resnets.1",)
 
 
 @dataclass(frozen=True)
-class PnPParams(Params):
+class TextParams(Params):
+    """What every text-guided editor takes: ``prompt``, the target prompt; ``negative_prompt``,
+    the unconditional branch's text; ``guidance_scale``, the CFG scale."""
+
+    prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    guidance_scale: float = 7.5
+
+
+@dataclass(frozen=True)
+class PnPParams(TextParams):
     """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
     ``guidance_scale``: CFG scale; ``pnp_attn_t`` / ``pnp_f_t``: fractions of the editing steps,
     from the noisiest, with query/key and conv injection; ``conv_layers``: the ResNets whose
     residual is injected (ALGORITHM.md: ``up_blocks.1.resnets.1``)."""
 
-    prompt: str = ""
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    guidance_scale: float = 7.5
     pnp_attn_t: float = 0.5
     pnp_f_t: float = 0.8
     conv_layers: tuple[str, ...] = CONV_LAYERS

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tokenflow_plugins.pnp import DEFAULT_NEGATIVE_PROMPT, PnPEditor
+from tokenflow_plugins.pnp import PnPEditor, TextParams
 
 from tokenflow import (
     CORRESPONDENCE,
@@ -25,7 +25,6 @@ from tokenflow import (
     FEATURES,
     INVERSION,
     KEYFRAMES,
-    Params,
     StageError,
     hookimpl,
 )
@@ -38,20 +37,30 @@ def sdedit_steps(steps: int, strength: float) -> tuple[int, int]:
     return steps - n, n
 
 
+def sdedit_first_step(run: EditRun, strength: float, editor: str) -> int:
+    """The grid index an SDEdit loop starts at, or a StageError if it would run no step."""
+    first, n = sdedit_steps(len(run.timesteps), strength)
+    if n == 0:
+        raise StageError(f"{editor}: strength {strength} runs no step of a "
+                         f"{len(run.timesteps)}-step grid; raise it or --steps")
+    return first
+
+
+def check_strength(strength: float) -> None:
+    if not 0.0 < strength <= 1.0:
+        raise ValueError("strength must be in (0, 1]")
+
+
 @dataclass(frozen=True)
-class SDEditParams(Params):
+class SDEditParams(TextParams):
     """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
     ``guidance_scale``: CFG scale; ``strength``: the fraction of the editing grid that runs, from
     the noise level it starts at (1.0 starts from the fully inverted noise)."""
 
-    prompt: str = ""
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    guidance_scale: float = 7.5
     strength: float = 0.9
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError("strength must be in (0, 1]")
+        check_strength(self.strength)
 
 
 class SDEditEditor(PnPEditor):
@@ -78,11 +87,7 @@ class SDEditEditor(PnPEditor):
         return 0
 
     def first_step(self, run: EditRun) -> int:
-        first, n = sdedit_steps(len(run.timesteps), self.params.strength)
-        if n == 0:
-            raise StageError(f"sdedit: strength {self.params.strength} runs no step of a "
-                             f"{len(run.timesteps)}-step grid; raise it or --steps")
-        return first
+        return sdedit_first_step(run, self.params.strength, self.name)
 
     def start(self, run: EditRun) -> dict:
         """Text embeddings only; ``edit_step`` and ``predict`` are PnP's with nothing injected."""

@@ -382,6 +382,42 @@ def _plugin_distributions() -> dict[str, tuple[str, list[str]]]:
     return found
 
 
+def _plugin_state() -> dict:
+    """What this environment provides: plugin distributions, and what loading them gives."""
+    from .manager import make_plugin_manager
+    from .registry import RegistryError, build_registry
+
+    state: dict = {"dists": {n: [v, eps] for n, (v, eps) in _plugin_distributions().items()},
+                   "failures": {}, "blocked": [], "stages": {}, "error": None}
+    try:
+        pm = make_plugin_manager()
+        state["failures"] = dict(pm.failures)
+        state["blocked"] = [name for name, plugin in pm.list_name_plugin() if plugin is None]
+        registry = build_registry(pm)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: the install itself worked
+        state["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return state
+    for kind in KINDS:
+        for name in sorted(registry.stages[kind]):
+            state["stages"][f"{kind} {name}"] = registry.owner(kind, name).split(" (", 1)[0]
+    return state
+
+
+def _fresh_plugin_state() -> dict:
+    """:func:`_plugin_state` as a new Python process sees it: what pip just did (an editable
+    install's path, a removed package's files) takes effect only in a new interpreter."""
+    import subprocess
+
+    code = ("import sys; sys.path.pop(0); import json; from tokenflow.cli import _plugin_state; "
+            "print(json.dumps(_plugin_state()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise click.ClickException(f"could not inspect the environment after pip: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _pip(args: list[str], quiet: bool) -> None:
     """Run pip of this environment; its output goes to stderr. One line if it fails."""
     import subprocess
@@ -440,11 +476,12 @@ def install(target, editable, upgrade, quiet) -> None:
         raise click.ClickException(f"{target} does not exist")
     if editable and not path.is_dir():
         raise click.UsageError("--editable needs a local project directory")
-    before = _plugin_distributions()
+    before = _fresh_plugin_state()["dists"]
     args = ["install"] + (["--upgrade"] if upgrade else [])
     args += ["-e", str(path.resolve())] if editable else [str(path.resolve()) if path.exists() else target]
     _pip(args, quiet)
-    after = _plugin_distributions()
+    state = _fresh_plugin_state()
+    after = state["dists"]
     changed = {n: v for n, v in after.items() if before.get(n) != v and v[1]}
     if not changed:
         wanted = _norm(_target_name(target, path) or "")
@@ -455,23 +492,22 @@ def install(target, editable, upgrade, quiet) -> None:
         raise click.ClickException("pip installed nothing that provides tokenflow plugins (no "
                                    "entry points in the 'tokenflow' group); `pip uninstall` "
                                    "removes what it did install")
-    pm, registry = _manager_and_registry(warn=False)
     failed = False
     for dist, (version, eps) in sorted(changed.items()):
-        stages_of = []
-        for kind in KINDS:
-            for name in sorted(registry.stages[kind]):
-                if registry.owner(kind, name).split(" (", 1)[0] in eps:
-                    stages_of.append(f"{kind} {name}")
+        stages_of = [stage for stage, owner in state["stages"].items() if owner in eps]
         click.echo(f"installed {dist} {version}: plugins {', '.join(eps)}"
                    + (f"; stages: {', '.join(stages_of)}" if stages_of else ""))
         for ep in eps:
-            if ep in pm.failures:
+            if ep in state["failures"]:
                 failed = True
-                click.echo(f"error: {pm.failures[ep]} (tf uninstall {dist} removes it)", err=True)
-            elif pm.is_blocked(ep):
+                click.echo(f"error: {state['failures'][ep]} (tf uninstall {dist} removes it)",
+                           err=True)
+            elif ep in state["blocked"]:
                 click.echo(f"note: {ep} is not loaded: TOKENFLOW_LOAD_PLUGINS does not list {dist}",
                            err=True)
+    if state["error"]:
+        failed = True
+        click.echo(f"error: {state['error']}", err=True)
     if failed:
         raise SystemExit(1)
 
@@ -501,7 +537,7 @@ def uninstall(name, quiet) -> None:
         raise click.ClickException(f"{name} provides no tokenflow plugins; tf uninstall only "
                                    "removes plugin distributions (use pip for others)")
     _pip(["uninstall", "--yes", name], quiet)
-    if dist in _plugin_distributions():
+    if dist in _fresh_plugin_state()["dists"]:
         raise click.ClickException(f"{name} is still installed after pip uninstall")
     click.echo(f"uninstalled {dist} {version}: plugins {', '.join(eps)}")
 

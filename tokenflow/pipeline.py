@@ -138,11 +138,23 @@ def plan(
     return {kind: stages[kind] for kind in KINDS if kind in stages}
 
 
+def _call_with_known(method, **arguments):
+    """Call a stage's optional method with the subset of ``arguments`` it declares, by name (as
+    pluggy calls hooks), so tokenflow can add arguments without breaking older plugins."""
+    import inspect
+
+    params = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return method(**arguments)
+    return method(**{k: v for k, v in arguments.items() if k in params})
+
+
 def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
                  config: RunConfig, pm: Any = None, model: Any = None) -> dict[str, str]:
     """Cache keys of every stage: a Merkle chain through ``requires`` (blender <- editor).
 
-    A stage with a ``key_inputs(pm, model)`` method adds what it returns to its inputs.
+    A stage with a ``key_inputs(pm, model)`` method (taking any subset of those arguments, by
+    name) adds what it returns to its inputs.
     """
     keys: dict[str, str] = {}
     for kind, stage in stages.items():
@@ -154,7 +166,7 @@ def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
         }
         extra = getattr(stage, "key_inputs", None)
         if extra is not None:
-            inputs["stage"] = extra(pm, model)
+            inputs["stage"] = _call_with_known(extra, pm=pm, model=model)
         if kind == EDITOR and BLENDER in stages:
             blender = stages[BLENDER]
             inputs["blender"] = {"name": blender.name, "version": blender.version,

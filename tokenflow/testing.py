@@ -66,12 +66,14 @@ def tf_tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tf_tiny_model(tf_tiny_model_dir):
+def tf_tiny_model(tf_tiny_model_dir, tmp_path_factory):
     import torch
 
     from .models import load_model
 
-    return load_model(str(tf_tiny_model_dir), device="cpu", dtype=torch.float32)
+    with pytest.MonkeyPatch.context() as mp:  # keep the weights' hash memo out of ~/.cache
+        mp.setenv("TOKENFLOW_HASH_CACHE", str(tmp_path_factory.mktemp("tf-hash-memo")))
+        return load_model(str(tf_tiny_model_dir), device="cpu", dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")
