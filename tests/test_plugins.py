@@ -4,13 +4,7 @@ real tiny run, replacing a stage with a test plugin, and the built-ins loaded fr
 from __future__ import annotations
 
 import inspect
-import os
 import re
-import shutil
-import subprocess
-import sys
-import sysconfig
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -19,6 +13,7 @@ import pytest
 import tomllib
 import zarr
 from click.testing import CliRunner
+from helpers_venv import build_tokenflow_wheel, clean_env, make_venv, run
 
 import tokenflow.manager
 from tokenflow import (
@@ -551,65 +546,15 @@ def test_a_test_plugin_replaces_the_keyframe_sampler(tf_register, tf_plugin_mana
 # --------------------------------------------------------------------------------------------- wheel
 
 
-def _deps_view(target: Path) -> Path:
-    """The outer environment's site-packages as symlinks, minus tokenflow itself."""
-    target.mkdir()
-    site = Path(sysconfig.get_paths()["purelib"])
-    for entry in site.iterdir():
-        low = entry.name.lower()
-        if low.startswith(("tokenflow", "__editable__")) or low.endswith(".pth"):
-            continue
-        (target / entry.name).symlink_to(entry)
-    return target
-
-
-@dataclass
-class Proc:
-    code: int
-    out: str
-    err: str
-
-
-def _run(args: list, cwd: Path, env: dict, timeout: float = 300) -> Proc:
-    p = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True,
-                       timeout=timeout)
-    return Proc(p.returncode, p.stdout, p.stderr)
-
-
 @pytest.mark.slow
 def test_wheel_installs_the_builtin_plugins(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "TOKENFLOW_LOAD_PLUGINS")}
-    env.update(OMP_WAIT_POLICY="PASSIVE", PYTHONNOUSERSITE="1", PIP_NO_INPUT="1",
-               PIP_DISABLE_PIP_VERSION_CHECK="1")
-    src = tmp_path / "src"
-    src.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    for item in ("pyproject.toml", "README.md", "LICENSE"):
-        if (ROOT / item).exists():
-            shutil.copy2(ROOT / item, src / item)
-    for folder in ("tokenflow", "plugins"):
-        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
-
-    dist = tmp_path / "dist"
-    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                  "--no-index", "-w", dist, src], cwd=tmp_path, env=env)
-    assert built.code == 0, built.err
-    (wheel,) = dist.glob("tokenflow-0.1.0-*.whl")
-
-    venv = tmp_path / "venv"
-    made = _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path, env=env)
-    assert made.code == 0, made.err
+    env = clean_env()
+    wheel = build_tokenflow_wheel(tmp_path, env)
+    assert wheel.name.startswith("tokenflow-0.1.0-")
+    venv = make_venv(tmp_path, env, wheel, with_pip=False)
     python = venv / "bin" / "python"
-    installed = _run([sys.executable, "-m", "pip", "--python", python, "install", "--no-index",
-                      "--no-deps", "--find-links", dist, "tokenflow"], cwd=tmp_path, env=env)
-    assert installed.code == 0, installed.err
-    site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     cwd=tmp_path, env=env).out.strip())
-    assert site.is_relative_to(venv)
-    (site / "_outer_dependencies.pth").write_text(f"{_deps_view(tmp_path / 'deps')}\n")
 
-    probe = _run([python, "-c",
+    probe = run([python, "-c",
                   "import tokenflow_plugins, tokenflow, importlib.metadata as m; "
                   "print(tokenflow.__file__); print(tokenflow_plugins.__file__); "
                   "print(len([d for d in m.distributions() if d.metadata['name'] == 'tokenflow']))"],
@@ -626,11 +571,11 @@ def test_wheel_installs_the_builtin_plugins(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for part in ("unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"):
         assert f"tokenflow/embedded/{part}.safetensors" in names  # the embedded model ships
-    loaded = _run([python, "-c", "from tokenflow.models import load_model; "
+    loaded = run([python, "-c", "from tokenflow.models import load_model; "
                    "print(load_model(None, device='cpu').model_id)"], cwd=tmp_path, env=env)
     assert loaded.code == 0 and loaded.out.strip() == "embedded", loaded.err
 
-    listed = _run([venv / "bin" / "tf", "plugins"], cwd=tmp_path, env=env)
+    listed = run([venv / "bin" / "tf", "plugins"], cwd=tmp_path, env=env)
     assert listed.code == 0, listed.err
     lines = listed.out.splitlines()
     for name in BUILTIN_EPS:

@@ -77,6 +77,9 @@ class EditRun:
     state: AttentionState = field(default_factory=AttentionState)
     layers: list[str] = field(default_factory=list)
     editor_state: Any = None
+    #: The editor's store being written: an editor may add arrays of its own (with named dims,
+    #: see ``tokenflow.cache.store.create_array``), e.g. a mask per timestep.
+    editor_out: zarr.Group | None = None
     unet_frames: int = 0
     unet_calls: int = 0
 
@@ -229,6 +232,7 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group)
     editor's ``first_step(run)`` (0 unless the editor starts later on the grid).
     """
     run = make_run(ctx)
+    run.editor_out = editor_out
     editor, blender = run.editor, run.blender
     n = run.n_frames
     k = run.keyframes.shape[1]

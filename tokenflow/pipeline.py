@@ -254,7 +254,9 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
               options: list[tuple[str, str]] | None = None, until: str = BLENDER,
               quiet: bool = True, runtime: Mapping[str, Any] | None = None) -> Job:
     """Plan a run and hash its keys, as ``tf run`` does (the model's suggested defaults, then
-    ``params``, then ``options``). ``cache``: a :class:`tokenflow.cache.StageCache` or its
+    ``params``, then ``options``), calling each stage's optional ``check(pm, model, config)``
+    (any subset of those arguments) to refuse a run that cannot work before anything is
+    computed. ``cache``: a :class:`tokenflow.cache.StageCache` or its
     directory; ``runtime``: knobs that do not change outputs (``unet_batch``). Raises
     :class:`ParamError` or :class:`StageError` for a run that cannot be planned."""
     from .cache.store import StageCache
@@ -265,6 +267,10 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
     stages = plan(registry, config, choices=choices, params=params,
                   options=[tuple(o) for o in options or []], until=until,
                   defaults=getattr(model, "defaults", None))
+    for stage in stages.values():
+        check = getattr(stage, "check", None)
+        if check is not None:  # a run that cannot work fails now, before anything is computed
+            _call_with_known(check, pm=pm, model=model, config=config)
     keys = compute_keys(stages, model_key=model.key, video_hash=frames_hash(frames),
                         config=config, pm=pm, model=model)
     store = cache if isinstance(cache, StageCache) else StageCache(cache)

@@ -210,6 +210,9 @@ class StageBase:
         """Bytes this stage will write to its store (for the size printed before a run)."""
         return 0
 
+    # Optional: ``check(self, pm, model, config) -> None`` (any subset of the arguments, by name):
+    # raise StageError for a run that cannot work (a word not in the prompt, a missing file), so
+    # it fails when planned rather than after the upstream stages ran.
     # Optional: ``key_inputs(self, pm, model) -> dict``: more inputs of the output that the params
     # only name (the hash of weights a path points at, the version of a helper looked up by
     # name). JSON-able; hashed into this stage's key. Raise StageError if they cannot be resolved.

@@ -32,6 +32,11 @@ def synthetic_frames(n: int = 8, height: int = 64, width: int = 96, seed: int = 
     return frames
 
 
+def pytest_configure(config) -> None:
+    """The markers tokenflow's own tests use, so a plugin's tests may use them too."""
+    config.addinivalue_line("markers", "slow: end-to-end runs that take more than a few seconds")
+
+
 @pytest.fixture
 def tf_plugin_manager():
     from .manager import make_plugin_manager
