@@ -42,7 +42,7 @@ def test_embedded_model_ships_as_safetensors_within_budget() -> None:
     files = list(EMBEDDED_DIR.rglob("*"))
     assert not any(f.suffix in (".bin", ".pt", ".pth", ".ckpt") for f in files)
     weights = [f for f in files if f.suffix == ".safetensors"]
-    assert len(weights) == 3
+    assert len(weights) == 4  # unet, vae, text encoder, and the canny ControlNet
     assert sum(f.stat().st_size for f in files if f.is_file()) < 30 * 2**20
 
 
@@ -65,3 +65,39 @@ def test_edit_changes_the_colour_and_keeps_the_motion(edit: Path) -> None:
     assert np.median(shifts) <= 3.0, shifts  # pixels at 64x64: the ball goes where the source's goes
     # and it does travel: the edit's object moves right like the source's
     assert _centroid(object_mask(edited[-1]))[1] - _centroid(object_mask(edited[0]))[1] > 10
+
+
+def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) -> None:
+    """SDEdit from the fully inverted noise keeps little of the layout; the same with the
+    embedded canny ControlNet (the model's suggested ``editor.controlnet``) keeps the ball where
+    the source has it."""
+    import zarr
+
+    from tokenflow.manager import make_plugin_manager
+    from tokenflow.models import load_model
+    from tokenflow.pipeline import build_job
+    from tokenflow.stages import RunConfig
+    from tokenflow.video import resize_frames
+
+    model = load_model(None, device="cpu")
+    frames = resize_frames(read_video(CLIP, frames=8).frames, 64, 64)
+    pm = make_plugin_manager()
+    params = {"inversion": {"prompt": "a red ball on a checkered floor"},
+              "editor": {"prompt": "a blue ball on a checkered floor"}}
+    out, ious = {}, {}
+    for editor in ("sdedit", "controlnet"):
+        options = [("editor.strength", "1.0")]
+        if editor == "controlnet":
+            options.append(("editor.mode", "sdedit"))
+        job = build_job(pm, model, frames, RunConfig(steps=25, batch_size=8), cache=tmp_path / "cache",
+                        choices={"editor": editor}, params=params, options=options)
+        if editor == "controlnet":
+            assert job.stages["editor"].params.controlnet == "controlnet-canny"
+        results = job.run()
+        out[editor] = np.asarray(zarr.open_group(str(results["blender"].path), mode="r")["frames"][...])
+        ious[editor] = float(np.median([mask_iou(object_mask(a), object_mask(b))
+                                        for a, b in zip(frames, out[editor])]))
+    assert ious["controlnet"] >= 0.85, ious
+    assert ious["controlnet"] > ious["sdedit"] + 0.1, ious
+    assert all(object_colour(f) == "blue" for f in out["controlnet"])
+

@@ -389,9 +389,10 @@ def _arr(group: zarr.Group, name: str) -> np.ndarray:
 
 
 def _arrays(group: zarr.Group) -> dict[str, tuple[str, ...]]:
-    """Every array of a store (recursively) with its dimension names."""
+    """Every array of a store (recursively) with its dimension names, in sorted order (a group
+    lists its members in no fixed order)."""
     found = {}
-    for path, node in group.members(max_depth=None):
+    for path, node in sorted(group.members(max_depth=None), key=lambda m: m[0]):
         if isinstance(node, zarr.Array):
             found[path] = tuple(node.metadata.dimension_names)
     return found
@@ -431,8 +432,8 @@ def test_noise_inversion_replaces_ddim(registered, tf_plugin_manager, tiny_model
     # downstream: the source branch ran on these latents, and the edit starts from them
     assert job.keys[FEATURES] != baseline.job.keys[FEATURES]
     features, ddim_features = _open(results, FEATURES), baseline.store(FEATURES)
-    tokens = [p for p in _arrays(features) if p.endswith("/tokens")]
-    assert tokens and tokens == [p for p in _arrays(ddim_features) if p.endswith("/tokens")]
+    tokens = sorted(p for p in _arrays(features) if p.endswith("/tokens"))
+    assert tokens and tokens == sorted(p for p in _arrays(ddim_features) if p.endswith("/tokens"))
     for path in tokens:
         mine, theirs = _arr(features, path).astype(np.float32), _arr(ddim_features, path)
         assert not np.allclose(mine, theirs.astype(np.float32), atol=1e-3), path

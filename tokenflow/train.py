@@ -60,6 +60,8 @@ EMBEDDED_DEFAULTS = {
     "editor.conv_layers": ["up_blocks.2.resnets.1", "up_blocks.3.resnets.0"],
     "editor.pnp_attn_t": 1.0,
     "editor.pnp_f_t": 1.0,
+    # the canny ControlNet trained for this model (``train controlnet``), shipped beside it
+    "editor.controlnet": "controlnet-canny",
 }
 
 
