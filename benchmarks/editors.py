@@ -103,7 +103,13 @@ def main() -> None:
     from tokenflow.pipeline import build_job
     from tokenflow.stages import RunConfig
     from tokenflow.video import read_video, resize_frames
-    from tokenflow.world import COLOURS, background_kind, mask_iou, object_colour, object_mask
+    from tokenflow.world import (
+        COLOURS,
+        background_kind,
+        mask_iou,
+        object_colour,
+        object_mask,
+    )
 
     torch.set_num_threads(2)
     model = load_model(None, device="cpu")

@@ -10,20 +10,25 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from tokenflow_plugins.canny_control import canny
+from tokenflow_plugins.sdedit import sdedit_steps
 
 from tokenflow import EDITOR, StageError, hookimpl
 from tokenflow.cli import cli
 from tokenflow.controls import control_extractors, get_extractor
 from tokenflow.layouts import FeatureReader
 from tokenflow.loop import make_run, start_latents
-from tokenflow.models import ModelError, controlnet_key, load_controlnet, save_tiny_controlnet
+from tokenflow.models import (
+    ModelError,
+    controlnet_key,
+    load_controlnet,
+    save_tiny_controlnet,
+)
 from tokenflow.pipeline import build_job
 from tokenflow.registry import RegistryError
 from tokenflow.stages import ParamError, RunConfig
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import write_frames
-from tokenflow_plugins.canny_control import canny
-from tokenflow_plugins.sdedit import sdedit_steps
 
 N, B, STEPS = 6, 3, 4
 PROMPT = "a blue ball"

@@ -30,8 +30,8 @@ from tokenflow_plugins.pnp import PnPEditor, PnPParams
 from tokenflow import INVERSION, StageError, hookimpl
 from tokenflow.cache.store import create_array
 from tokenflow.layouts import token_grid
-from tokenflow.stages import FRAME, LATENT_X, LATENT_Y, TIMESTEP
 from tokenflow.loop import EditorOutput, EditRun, EditStep
+from tokenflow.stages import FRAME, LATENT_X, LATENT_Y, TIMESTEP
 
 #: PnP's UNet calls are branch-major [uncond frames..., cond frames...]; the target prompt's
 #: branch is the second.
