@@ -64,26 +64,6 @@ def _localblend(pm) -> bool:
     return False
 
 
-def sheet(rows: list[tuple[str, np.ndarray]], columns: int, path: Path, scale: int = 2) -> None:
-    """Rows of evenly spaced frames with a label column on the left."""
-    from PIL import Image, ImageDraw
-
-    n, h, w = rows[0][1].shape[:3]
-    picks = np.linspace(0, n - 1, columns).round().astype(int)
-    label_w = 150
-    canvas = Image.new("RGB", (label_w + columns * w * scale, len(rows) * h * scale), "white")
-    draw = ImageDraw.Draw(canvas)
-    for r, (label, frames) in enumerate(rows):
-        draw.text((6, r * h * scale + h * scale // 2 - 6), label, fill="black")
-        for c, i in enumerate(picks):
-            tile = Image.fromarray(frames[i]).resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(tile, (label_w + c * w * scale, r * h * scale))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    canvas.save(tmp, optimize=True)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clip", type=Path, default=ROOT / "examples" / "clips" / "ball.mp4")
@@ -159,7 +139,9 @@ def main() -> None:
         print(f"| {label} | {diff_pnp:.2f} | {diff_src:.2f} | {colour:.0%} | {iou:.3f} | "
               f"{kept:.0%} | {flicker:+.2f} | {timing} |")
         rows.append((label, out))
-    sheet([("source", frames), *rows], 6, args.sheet)
+    from tokenflow.figures import contact_sheet, write_png
+
+    write_png(args.sheet, contact_sheet([("source", frames), *rows], 6))
     print(f"contact sheet: {args.sheet}")
 
 

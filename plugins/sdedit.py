@@ -1,4 +1,5 @@
-"""Editor ``sdedit``: SDEdit on the keyframes, propagated like PnP (ALGORITHM.md section 4).
+"""Editors ``sdedit`` (SDEdit on the keyframes, propagated like PnP; ALGORITHM.md section 4) and
+``sdedit-frames`` (every frame on its own, no propagation: the baseline for comparisons).
 
 No injection at all: the keyframes are denoised jointly with extended attention from the source
 latents noised to a level set by ``strength``, and the blender propagates their tokens to every
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tokenflow_plugins.pnp import PnPEditor, TextParams
+from tokenflow_plugins.pnp import PnPEditor, PnPFramesEditor, TextParams
 
 from tokenflow import (
     CORRESPONDENCE,
@@ -98,6 +99,19 @@ class SDEditEditor(PnPEditor):
         return start_latents(run, run.timesteps[self.first_step(run)])
 
 
+class SDEditFramesEditor(SDEditEditor):
+    """Per-frame SDEdit: every frame denoised on its own from the same start, no extended
+    attention, no propagation (the SDEdit baseline for comparisons)."""
+
+    name = "sdedit-frames"
+    requires = (INVERSION, FEATURES)
+    summary = "per-frame SDEdit, no propagation (the baseline for comparisons)"
+    propagates = False
+    extended = False
+    edit_step = PnPFramesEditor.edit_step
+
+
 @hookimpl
 def register_editors(register):
     register(SDEditEditor)
+    register(SDEditFramesEditor)

@@ -217,7 +217,8 @@ def test_tf_stages_lists_every_builtin_stage_with_params(world: World) -> None:
     result = world.invoke("stages", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert list(doc) == [*KINDS, "control_extractors"]
+    assert list(doc) == [*KINDS, "control_extractors", "scorers"]
+    assert {s["name"] for s in doc["scorers"]} >= {"attribute", "attribute-background", "clip"}
     (canny,) = [e for e in doc["control_extractors"] if e["name"] == "canny"]
     assert canny["version"] == 1 and canny["plugin"].startswith("tokenflow_plugins.canny_control ")
     classes = _builtin_classes()

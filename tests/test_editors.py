@@ -359,3 +359,16 @@ def test_tf_run_with_each_editor(tf_tiny_model_dir, tf_tiny_controlnet_dir, tmp_
     assert bad.exit_code == 2 and "Traceback" not in bad.output
     assert [ln for ln in bad.output.splitlines() if ln.startswith("Error:")] == [
         "Error: the controlnet editor needs -o controlnet DIR_OR_HUB_ID"]
+
+
+def test_sdedit_frames_edits_every_frame_alone(tf_plugin_manager, tf_tiny_model, frames,
+                                              cache) -> None:
+    job, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit-frames",
+                                 [("editor.strength", "0.5")])
+    assert set(job.stages) == {"inversion", "features", "editor", "blender"}  # nothing to propagate
+    stats = results["blender"].stats
+    assert (stats["steps"], stats["first_step"]) == (2, 2)
+    assert stats["unet_frame_evals"] == 2 * 2 * N  # two branches, every frame, each step run
+    _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit",
+                    [("editor.strength", "0.5")])
+    assert np.abs(_frames(blender) - _frames(sd)).mean() > 0.5  # propagation changes the result

@@ -75,7 +75,7 @@ def test_installed_metadata_matches_pyproject() -> None:
 def test_every_builtin_module_registers_stages() -> None:
     import importlib
 
-    discovery = [*REGISTER_HOOKS.values(), "register_control_extractors"]
+    discovery = [*REGISTER_HOOKS.values(), "register_control_extractors", "register_scorers"]
     for module_name in BUILTIN_EPS:
         module = importlib.import_module(module_name)
         impls = [n for n in discovery if hasattr(getattr(module, n, None), "tokenflow_impl")]
@@ -174,8 +174,9 @@ def test_each_register_hook_adds_stages_of_its_kind(tf_register, kind: str, hook
 
 def test_register_hooks_are_exactly_the_kinds() -> None:
     assert set(REGISTER_HOOKS) == set(KINDS)
-    # every discovery hook is a stage kind's, except the control extractors' (helpers, not stages)
-    assert set(REGISTER_HOOKS.values()) | {"register_control_extractors"} == {
+    # every discovery hook is a stage kind's, except the control extractors' and the scorers'
+    # (helpers, not stages)
+    assert set(REGISTER_HOOKS.values()) | {"register_control_extractors", "register_scorers"} == {
         n for n in HOOKSPECS if n.startswith("register_")}
 
 

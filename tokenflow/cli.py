@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -345,6 +346,243 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
                    f"(VAE alone, encode+decode: mean {psnr['vae_mean']:.2f} dB)")
 
 
+def _scorer_instances(pm, names, clip):
+    from .scorers import make_scorers
+
+    try:
+        return make_scorers(pm, list(names) or None, {"clip": clip} if clip else {})
+    except (StageError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _print_metrics(doc: dict, quiet: bool) -> None:
+    from .compare import TABLE_METRICS
+
+    agg = doc["aggregate"]
+    for name, header, lower in TABLE_METRICS:
+        if name in agg:
+            scale = 1e3 if "warp" in name else 1.0
+            value = agg[name]
+            shown = "n/a" if value is None or math.isnan(value) else f"{value * scale:.4g}"
+            click.echo(f"{header:<26} {shown:>10}   ({'lower' if lower else 'higher'} is better)")
+    for name in sorted(k for k in agg if k.startswith("score_")):
+        label, value = name.removeprefix("score_"), agg[name]
+        shown = "n/a" if value is None else f"{value:.4g}"
+        click.echo(f"{'score ' + label:<26} {shown:>10}   (higher is better)")
+    extra = sorted(k for k in agg if k not in {m for m, _, _ in TABLE_METRICS}
+                   and not k.startswith("score_"))
+    for name in extra:
+        value = agg[name]
+        shown = f"{value:.4g}" if isinstance(value, float) else "n/a"
+        click.echo(f"{name:<26} {shown:>10}")
+    for note in doc.get("notes", []):
+        _say(quiet, f"note: {note}")
+
+
+@cli.command("eval")
+@click.argument("source", type=click.Path())
+@click.argument("edited", type=click.Path())
+@click.option("--prompt", default=None,
+              help="The edit's prompt, for the fidelity scorers (default: EDITED's run.json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+@click.option("--plot", default=None, type=click.Path(), help="Write per-frame metrics to this PNG.")
+@click.option("--flow", "flow_method", default="dis", show_default=True,
+              type=click.Choice(["dis", "farneback"]), help="Optical flow estimator (OpenCV).")
+@click.option("--true-flow", default=None, type=click.Path(),
+              help="The SOURCE's known flow (examples/motion_clips.py) instead of estimating it.")
+@click.option("--long-range", default=4, show_default=True, type=click.IntRange(1),
+              help="k of the long-range warp error (frame t to t+k).")
+@click.option("--stride", default=None, type=click.IntRange(1),
+              help="EDITED holds every K-th SOURCE frame (default: its run.json's, else 1).")
+@click.option("--start", default=0, show_default=True, type=click.IntRange(0),
+              help="The SOURCE frame EDITED's first frame is.")
+@click.option("--scorer", "scorer_names", multiple=True,
+              help="Fidelity scorers to use (default: every installed one that can run).")
+@click.option("--clip", default=None, type=click.Path(), help="Local CLIP weights for the clip scorer.")
+@click.option("--quiet", "-q", is_flag=True, help="No notes.")
+def eval_(source, edited, prompt, as_json, plot, flow_method, true_flow, long_range, stride, start,
+          scorer_names, clip, quiet):
+    """Measure an edit against its source: temporal consistency, structure, fidelity.
+
+    SOURCE and EDITED are videos or frame folders; EDITED may also be a `tf run` output
+    directory (its lossless frames/, and the prompt and stride its run.json records). The two are
+    aligned as follows: EDITED's frame i is SOURCE's frame START + i * STRIDE, and SOURCE is
+    resized to EDITED's size; the alignment used is printed.
+    """
+    from .compare import evaluate_edit, load_edit
+    from .metrics import align
+    from .video import VideoError, read_video
+
+    _setup_threads()
+    _quiet_libraries()
+    try:
+        edit = load_edit(edited)
+        src = read_video(source).frames
+        aligned, frames, how = align(src, edit.frames, stride=stride or edit.stride, start=start)
+    except (VideoError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    prompt = prompt if prompt is not None else edit.prompt
+    flows = None
+    if true_flow:
+        flows = _true_flows(true_flow, src.shape[1:3], frames.shape[1:3],
+                            stride or edit.stride, start, len(frames), long_range)
+    pm, _ = _manager_and_registry()
+    scorers = _scorer_instances(pm, scorer_names, clip)
+    doc = evaluate_edit(aligned, frames, prompt=prompt, scorers=scorers, flow_method=flow_method,
+                        long_range=long_range, source_flows=flows)
+    doc["alignment"] = how
+    doc["flow"] = "true (" + str(true_flow) + ")" if true_flow else flow_method
+    doc["prompt"] = prompt
+    if plot:
+        from .compare import PLOT_METRICS
+        from .figures import plot_metrics
+
+        plot_metrics({"edit": doc["per_frame"]}, PLOT_METRICS + [k for k in doc["per_frame"]
+                                                                if k.startswith("score_")], plot,
+                     title=f"{Path(edited).name} vs {Path(source).name}")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=float))
+        return
+    _say(quiet, f"alignment: {how}; flow: {doc['flow']}")
+    _print_metrics(doc, quiet)
+
+
+def _true_flows(path, source_hw, edit_hw, stride, start, n, long_range):
+    """The known flows of the aligned frames, rescaled to the edit's size."""
+    import cv2
+    import numpy as np
+
+    from .metrics import load_true_flow, true_flows
+
+    try:
+        known = load_true_flow(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise click.ClickException(f"--true-flow {path}: {exc}") from None
+    sy, sx = edit_hw[0] / source_hw[0], edit_hw[1] / source_hw[1]
+
+    def pick(a: int, b: int):
+        flow = known.get((start + a * stride, start + b * stride))
+        if flow is None:
+            return None
+        if flow.shape[:2] != tuple(edit_hw):
+            flow = cv2.resize(flow, (edit_hw[1], edit_hw[0]), interpolation=cv2.INTER_LINEAR)
+        return (flow * np.array([sx, sy], np.float32)).astype(np.float32)
+
+    forward, backward = {}, {}
+    for k in sorted({1, long_range}):
+        for t in range(n - k):
+            f, b = pick(t, t + k), pick(t + k, t)
+            if f is None or b is None:
+                raise click.ClickException(
+                    f"--true-flow {path} has no flow between source frames "
+                    f"{start + t * stride} and {start + (t + k) * stride}")
+            forward[(t, t + k)], backward[(t + k, t)] = f, b
+    return true_flows(forward, backward)
+
+
+@cli.command()
+@click.argument("video", type=click.Path())
+@click.option("--prompt", required=True, help="The target prompt.")
+@click.option("--editor", "methods", multiple=True, metavar='"NAME [PARAM=VALUE ...]"',
+              help="An editor to compare, with settings of its own; repeat it "
+                   "(default: pnp and pnp-frames).")
+@click.option("--negative-prompt", default=None, help="Unconditional branch text.")
+@click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", default=1, show_default=True, type=int, help="Keyframe draws.")
+@click.option("--out", "out_dir", default=None, help="Output directory (default out/<video>-compare).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--scorer", "scorer_names", multiple=True,
+              help="Fidelity scorers (default: every installed one that can run).")
+@click.option("--clip", default=None, type=click.Path(), help="Local CLIP weights for the clip scorer.")
+@click.option("--flow", "flow_method", default="dis", show_default=True,
+              type=click.Choice(["dis", "farneback"]), help="Optical flow estimator (OpenCV).")
+@click.option("--long-range", default=4, show_default=True, type=click.IntRange(1),
+              help="k of the long-range warp error.")
+@common_input_options
+def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, overwrite,
+            scorer_names, clip, flow_method, long_range, model, revision, device, dtype,
+            inversion_prompt, steps, inversion_steps, batch_size, n_frames, stride, size,
+            cache_dir, options, stage_choices, quiet):
+    """Run several editors or settings on VIDEO (one shared cache) and compare them.
+
+    Writes table.md and table.json (consistency, structure and fidelity metrics per method, the
+    source's own as the floor), side_by_side.mp4 (source | each edit, labelled),
+    contact_sheet.png (rows = methods, columns = evenly spaced frames) and metrics.png.
+    """
+    from .compare import evaluate_edit, parse_method, run_methods, write_comparison
+    from .outputs import output_dir_for
+    from .stages import RunConfig
+
+    _setup_threads()
+    pm, registry = _manager_and_registry()
+    try:
+        parsed = [parse_method(m) for m in (methods or ("pnp", "pnp-frames"))]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    labels = [m.label for m in parsed]
+    if len(set(labels)) != len(labels):
+        raise click.UsageError("the same --editor is given twice")
+    for m in parsed:
+        if m.editor not in registry.stages["editor"]:
+            valid = ", ".join(sorted(registry.stages["editor"]))
+            raise click.UsageError(f"unknown editor {m.editor!r}; installed: {valid}")
+    out = Path(out_dir) if out_dir else output_dir_for(video).with_name(
+        output_dir_for(video).name + "-compare")
+    if out.exists() and not overwrite:
+        raise click.ClickException(f"{out} exists; pass --overwrite to replace it")
+    scorers = _scorer_instances(pm, scorer_names, clip)
+    loaded, clip_video, frames = _prepare(video, model=model, revision=revision, device=device,
+                                         dtype=dtype, n_frames=n_frames, stride=stride, size=size,
+                                         quiet=quiet)
+    config = RunConfig(steps=steps, batch_size=batch_size)
+    params = {
+        "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
+        "keyframes": {"seed": seed},
+        "editor": {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance},
+    }
+    choices = _parse_choices(stage_choices)
+    if "editor" in choices:
+        raise click.UsageError("use --editor to choose the editors to compare")
+    if choices:
+        raise click.UsageError("tf compare compares editors; --stage is not supported here")
+
+    def on_job(job):
+        return _run_job(job, quiet)
+
+    try:
+        results = run_methods(pm, loaded, frames, config, parsed, cache=_cache_dir(cache_dir),
+                              params=params, options=[tuple(o) for o in options], quiet=quiet,
+                              registry=registry, on_job=on_job)
+    except (ParamError, StageError) as exc:
+        raise click.UsageError(str(exc)) from None
+    _say(quiet, f"measuring {len(results)} edits against the source")
+    from .metrics import video_flows
+
+    pairs = [(t, t + k) for k in sorted({1, long_range}) for t in range(len(frames) - k)]
+    flows = video_flows(frames, pairs, method=flow_method)
+    source_doc = evaluate_edit(frames, frames, flow_method=flow_method, long_range=long_range,
+                               source_flows=flows)
+    for r in results:
+        r.metrics = evaluate_edit(frames, r.frames, prompt=prompt, scorers=scorers,
+                                  flow_method=flow_method, long_range=long_range,
+                                  source_flows=flows)
+    title = f"{Path(video).name}: {prompt!r} ({len(frames)} frames, {steps} steps, {loaded.model_id})"
+    written = write_comparison(out, frames, float(clip_video.fps), results, source_doc,
+                               context={"title": title, "video": str(video), "prompt": prompt,
+                                        "model": loaded.model_id, "frames": int(len(frames)),
+                                        "steps": steps, "flow": flow_method,
+                                        "long_range": long_range})
+    if not quiet:
+        click.echo(written["table.md"].read_text().split("\n\n", 1)[-1].rsplit("\n\n", 1)[0])
+        seen = set()
+        for r in results:
+            for note in r.metrics.get("notes", []):
+                if note not in seen:
+                    seen.add(note)
+                    _say(quiet, f"note: {note}")
+    click.echo(str(out))
+
+
 @cli.command()
 def plugins() -> None:
     """List loaded plugins with their distributions and hooks."""
@@ -385,7 +623,7 @@ def _plugin_distributions() -> dict[str, tuple[str, list[str]]]:
 def _plugin_state() -> dict:
     """What this environment provides: plugin distributions, and what loading them gives."""
     from .manager import make_plugin_manager
-    from .registry import RegistryError, build_registry
+    from .registry import build_registry
 
     state: dict = {"dists": {n: [v, eps] for n, (v, eps) in _plugin_distributions().items()},
                    "failures": {}, "blocked": [], "stages": {}, "error": None}
@@ -442,6 +680,7 @@ def _pip(args: list[str], quiet: bool) -> None:
 def _target_name(target: str, path: Path) -> str | None:
     """The distribution name an install target stands for, if it can be told without pip."""
     import re
+
     import tomllib
 
     if path.is_dir():
@@ -563,6 +802,14 @@ def stages(as_json) -> None:
         raise click.ClickException(str(exc)) from None
     doc["control_extractors"] = [{"name": e.name, "version": e.version, "plugin": e.owner}
                                  for _, e in sorted(extractors.items())]
+    from .scorers import collect_scorers
+
+    try:
+        classes, owners = collect_scorers(pm)
+    except StageError as exc:
+        raise click.ClickException(str(exc)) from None
+    doc["scorers"] = [{"name": n, "version": getattr(c, "version", 1), "plugin": owners[n],
+                       "summary": getattr(c, "summary", "")} for n, c in sorted(classes.items())]
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return
@@ -575,6 +822,9 @@ def stages(as_json) -> None:
     click.echo("control extractors (-o control NAME):")
     for item in doc["control_extractors"]:
         click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']})")
+    click.echo("scorers (tf eval / tf compare --scorer NAME):")
+    for item in doc["scorers"]:
+        click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']}): {item['summary']}")
 
 
 @cli.group()

@@ -110,6 +110,31 @@ def register_control_extractors(register: Callable[..., None]) -> None:
     """
 
 
+@hookspec
+def register_scorers(register: Callable[[type], None]) -> None:
+    """Register scorers: what measures how well edited frames match a prompt (``tf eval``).
+
+    :param register: call it once per scorer class, e.g. ``register(ClipScorer)``.
+
+    A scorer class has ``name`` (unique among all plugins' scorers), ``version`` (an int; bump it
+    when scores change), ``summary`` (one line) and is built by tokenflow as
+    ``ScorerClass(**options)``, given those of the command line's options (``clip=PATH``, ...)
+    that its ``__init__`` declares by name (all of them if it takes ``**options``). Its methods:
+
+    * ``available(prompt=None) -> str | None``: ``None`` if it can score (this prompt, when it
+      declares ``prompt``), otherwise a one-line reason it is skipped, e.g. ``"no CLIP weights:
+      pass --clip PATH"``.
+    * ``score(frames, prompt, *, source=None) -> np.ndarray``: ``frames`` are ``uint8`` of shape
+      ``(N, H, W, 3)``, ``source`` the source frames of the same shape or ``None``; returns one
+      finite ``float`` per frame, shape ``(N,)``, higher is better, on a scale the scorer's
+      docstring states (the built-ins: ``attribute`` 0 or 1, ``clip`` 0 to 100).
+    * optionally ``describe() -> str``: the label of its column in ``tf eval``'s table.
+
+    Called by :func:`tokenflow.scorers.scorers` (``tf eval``); a name registered twice is an
+    error naming both plugins.
+    """
+
+
 # --- execution --------------------------------------------------------------------------------
 
 

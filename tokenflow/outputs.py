@@ -79,6 +79,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
             "tokenflow_version": __version__,
             "video": str(clip.source),
             "frames": int(len(frames)),
+            "stride": int(getattr(clip, "stride", 1)),
             "fps": fps,
             "size": {"width": int(frames.shape[2]), "height": int(frames.shape[1])},
             "model": {"id": model.model_id, "revision": model.revision, "key": model.key,

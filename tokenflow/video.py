@@ -55,6 +55,7 @@ class Video:
     frames: np.ndarray  # (N, H, W, 3) uint8 RGB, C-contiguous
     fps: float
     source: str  # path as given
+    stride: int = 1  # every stride-th frame of the source was kept, from frame 0
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -94,7 +95,7 @@ def read_video(path: str | os.PathLike[str], *, frames: int | None = None, strid
             raise VideoError(f"unsupported file type {suffix or '(none)'!r}: {source} (expected {known}, or a folder of frames)")
     if data.shape[0] == 0:
         raise VideoError(f"no frames: {source}")
-    return Video(frames=data, fps=fps / stride, source=source)
+    return Video(frames=data, fps=fps / stride, source=source, stride=stride)
 
 
 def _select(items: Iterable[np.ndarray], frames: int | None, stride: int) -> Iterator[np.ndarray]:

@@ -1,0 +1,92 @@
+"""Wall time per stage, peak RSS, UNet evaluations and cache size of `tf run` on the embedded model.
+
+    python benchmarks/speed.py [--frames 8,16,32,64] [--steps 50]
+
+For each clip length: a cold run (every stage computed, empty cache), then the same clip with a
+second prompt (only the editor and the blender are recomputed). Each run is its own `tf`
+process; the clip is tokenflow.world's rolling ball (examples/make_clips.py) at that length,
+64x64 (the model's native size). Prints one Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURE = (
+    "import resource, subprocess, sys, json;"
+    "r = subprocess.run(sys.argv[1:]);"
+    "print(json.dumps({'rc': r.returncode,"
+    " 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+)
+KINDS = ("inversion", "features", "keyframes", "correspondence", "blender")
+
+
+def tf_run(args: list[str], env: dict) -> dict:
+    """One `tf run` in its own process: wall time and the process's peak RSS."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tokenflow.cli",
+                          "run", *args], env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    if info["rc"] != 0:
+        sys.exit(f"tf run failed:\n{out.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024}
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", default="8,16,32,64")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "examples"))
+    from make_clips import ball
+
+    from tokenflow.video import write_video
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
+    lengths = [int(n) for n in args.frames.split(",")]
+    print(f"tf run on the embedded model, 64x64, {args.steps} steps, 50 inversion steps (the "
+          f"model's), batch 8, {os.cpu_count()} CPU cores; seconds per stage from run.json\n")
+    header = ["frames", "run", "wall s", "peak RSS MB", *[f"{k} s" for k in KINDS],
+              "UNet frame-evals (inv / feat / edit loop)", "cache MiB"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    with tempfile.TemporaryDirectory(prefix="tf-speed-") as tmp:
+        tmp = Path(tmp)
+        for n in lengths:
+            clip = tmp / f"ball-{n}.mp4"
+            write_video(clip, ball(n), 12.0)
+            cache = tmp / f"cache-{n}"
+            base = [str(clip), "--inversion-prompt", "a red ball on a checkered floor",
+                    "--steps", str(args.steps), "--cache-dir", str(cache), "-q"]
+            for label, prompt in (("cold", "a blue ball on a checkered floor"),
+                                  ("second prompt", "a green ball on a checkered floor")):
+                out = tmp / f"out-{n}-{label.split()[0]}"
+                result = tf_run(base + ["--prompt", prompt, "--out", str(out)], env)
+                doc = json.loads((out / "run.json").read_text())
+                cache_doc = doc["cache"]
+                seconds = [("cached" if cache_doc[k]["cached"] else f"{cache_doc[k]['seconds']:.1f}")
+                           for k in KINDS]
+                evals = [cache_doc[k]["stats"].get("unet_frame_evals", 0)
+                         if not cache_doc[k]["cached"] else 0
+                         for k in ("inversion", "features", "blender")]
+                row = [str(n), label, f"{result['seconds']:.1f}", f"{result['peak_rss_mb']:.0f}",
+                       *seconds, " / ".join(str(e) for e in evals),
+                       f"{dir_size(cache) / 2**20:.1f}"]
+                print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Figures for comparisons: labelled contact sheets, labelled side-by-side videos, metric plots.
+
+Frames are ``uint8 (N, H, W, 3)``. Small frames (the embedded model's 64x64) are enlarged by an
+integer factor with nearest-neighbour sampling so that labels stay readable and pixels honest.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: Frames are enlarged until they are at least this tall (integer factors only).
+MIN_HEIGHT = 128
+LABEL_WIDTH = 160
+HEADER = 14
+
+
+def scale_for(height: int, min_height: int = MIN_HEIGHT) -> int:
+    """The integer enlargement that makes ``height`` at least ``min_height``."""
+    return max(1, -(-min_height // max(1, height)))
+
+
+def _enlarge(frame: np.ndarray, scale: int) -> np.ndarray:
+    return frame if scale == 1 else np.repeat(np.repeat(frame, scale, axis=0), scale, axis=1)
+
+
+def _text(image, xy: tuple[int, int], text: str, fill="black") -> None:
+    from PIL import ImageDraw, ImageFont
+
+    ImageDraw.Draw(image).text(xy, text, fill=fill, font=ImageFont.load_default())
+
+
+def contact_sheet(rows: Sequence[tuple[str, np.ndarray]], columns: int = 6, *,
+                  min_height: int = MIN_HEIGHT) -> np.ndarray:
+    """One row per labelled video (label on the left), ``columns`` evenly spaced frames each.
+
+    Videos may differ in length (the frames are picked from the shortest's range) but not in
+    frame size.
+    """
+    from PIL import Image
+
+    if not rows:
+        raise ValueError("contact_sheet needs at least one video")
+    n = min(len(frames) for _, frames in rows)
+    h, w = rows[0][1].shape[1:3]
+    if any(frames.shape[1:3] != (h, w) for _, frames in rows):
+        raise ValueError("contact_sheet: videos differ in frame size")
+    scale = scale_for(h, min_height)
+    picks = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
+    th, tw = h * scale, w * scale
+    canvas = Image.new("RGB", (LABEL_WIDTH + len(picks) * tw, len(rows) * th), "white")
+    for r, (label, frames) in enumerate(rows):
+        _text(canvas, (6, r * th + th // 2 - 6), label)
+        for c, i in enumerate(picks):
+            canvas.paste(Image.fromarray(_enlarge(frames[i], scale)), (LABEL_WIDTH + c * tw, r * th))
+    return np.asarray(canvas)
+
+
+def labelled_side_by_side(videos: Sequence[tuple[str, np.ndarray]], *,
+                          min_height: int = MIN_HEIGHT) -> np.ndarray:
+    """Videos left to right with a label above each; all must have the same frame size.
+
+    The result has as many frames as the shortest video.
+    """
+    from PIL import Image
+
+    if not videos:
+        raise ValueError("labelled_side_by_side needs at least one video")
+    n = min(len(frames) for _, frames in videos)
+    h, w = videos[0][1].shape[1:3]
+    if any(frames.shape[1:3] != (h, w) for _, frames in videos):
+        raise ValueError("labelled_side_by_side: videos differ in frame size")
+    scale = scale_for(h, min_height)
+    th, tw = h * scale, w * scale
+    header = Image.new("RGB", (tw * len(videos), HEADER), "white")
+    for k, (label, _) in enumerate(videos):
+        _text(header, (k * tw + 3, 1), label[: max(4, tw // 6)])
+    header_arr = np.asarray(header)
+    out = np.empty((n, HEADER + th, tw * len(videos), 3), np.uint8)
+    out[:, :HEADER] = header_arr
+    for k, (_, frames) in enumerate(videos):
+        for i in range(n):
+            out[i, HEADER:, k * tw:(k + 1) * tw] = _enlarge(frames[i], scale)
+    # even dimensions for H.264
+    return out[:, : out.shape[1] // 2 * 2, : out.shape[2] // 2 * 2]
+
+
+def plot_metrics(series: dict[str, dict[str, Sequence[float]]], metrics: Sequence[str],
+                 path: str | os.PathLike, *, title: str = "") -> Path:
+    """One panel per metric, one line per method (``series[method][metric]`` per frame or pair),
+    written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in metrics if any(m in s for s in series.values())]
+    if not metrics:
+        raise ValueError("plot_metrics: none of the metrics is in the series")
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(7, 2.3 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics):
+        for method, values in series.items():
+            if metric in values:
+                y = np.asarray(values[metric], dtype=float)
+                ax.plot(np.arange(len(y)), y, marker=".", label=method)
+        ax.set_ylabel(metric, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=min(4, len(series)))
+    axes[-1, 0].set_xlabel("frame (or frame pair t, t+k)")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write an RGB image atomically (write aside, then rename)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(np.ascontiguousarray(image)).save(tmp, optimize=True)
+    os.replace(tmp, path)
+    return path
