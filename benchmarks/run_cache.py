@@ -11,36 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-MEASURE = (
-    "import resource, subprocess, sys, json;"
-    "r = subprocess.run(sys.argv[1:]);"
-    "print(json.dumps({'rc': r.returncode,"
-    " 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+from measure import (  # benchmarks/measure.py (the script directory is on sys.path)
+    dir_size,
+    tf_run,
 )
 
-
-def tf_run(args: list[str], env: dict) -> dict:
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tokenflow.cli",
-                          "run", *args], env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    info = json.loads(out.stdout.strip().splitlines()[-1])
-    if info["rc"] != 0:
-        sys.exit(f"tf run failed:\n{out.stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024}
-
-
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
+ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=16)

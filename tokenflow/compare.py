@@ -195,6 +195,7 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
     import uuid
 
     from .figures import contact_sheet, labelled_side_by_side, plot_metrics, write_png
+    from .outputs import replace_dir
     from .video import write_video
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -222,13 +223,7 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
         series = {r.method.label: r.metrics.get("per_frame", {}) for r in results}
         series["source"] = source_metrics.get("per_frame", {})
         plot_metrics(series, PLOT_METRICS, tmp / "metrics.png", title=context.get("title", ""))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -30,6 +30,18 @@ def _write_png(path: Path, image: np.ndarray) -> None:
     iio.imwrite(path, image)
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Put the complete directory ``tmp`` at ``out`` by renames only (an existing ``out`` is
+    moved aside first and removed after), so ``out`` is never seen half written."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def output_dir_for(video: str | os.PathLike) -> Path:
     """Default output directory: ``out/<video name without suffix>``."""
     stem = Path(str(video).rstrip("/\\")).stem or "video"
@@ -94,13 +106,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
             "python": platform.python_version(),
         }
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,34 @@
+"""What the benchmarks share: run `tf run` in its own process and measure it; sizes on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: Runs the command given as arguments and prints its exit code and peak RSS (its children's).
+MEASURE = (
+    "import resource, subprocess, sys, json;"
+    "r = subprocess.run(sys.argv[1:]);"
+    "print(json.dumps({'rc': r.returncode,"
+    " 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+)
+
+
+def tf_run(args: list[str], env: dict) -> dict:
+    """One `tf run` in its own process: wall time (s) and the process's peak RSS (MB)."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tokenflow.cli",
+                          "run", *args], env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    if info["rc"] != 0:
+        sys.exit(f"tf run failed:\n{out.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024}
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every file below ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
