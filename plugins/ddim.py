@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from tokenflow import INVERSION, Params, StageBase, StageContext, StageError, hookimpl
@@ -32,20 +34,27 @@ def inversion_grid(model, steps: int) -> list[int]:
 
 @torch.no_grad()
 def invert(model, x0: torch.Tensor, text: torch.Tensor, grid: list[int], keep: set[int],
-           on_step=None, batch_size: int = 8) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+           on_step=None, batch_size: int = 8, start: int = 0,
+           x_start: torch.Tensor | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """DDIM-invert latents ``x0`` (N, c, h, w) along ascending ``grid``.
 
     Step i goes from p = t_{i-1} to t = t_i (for i = 1, a_p is the scheduler's final alpha):
     eps = UNet(x, t); x0_hat = (x - sqrt(1-a_p) eps)/sqrt(a_p); x = sqrt(a_t) x0_hat + sqrt(1-a_t) eps.
-    Returns the latents at the timesteps in ``keep`` and the noisiest latents.
+    Returns the latents at the timesteps in ``keep`` and the noisiest latents. ``on_step(i, t,
+    x)`` is called after each step. To resume, ``start`` is the first step to run and
+    ``x_start`` the latents after step ``start - 1``.
     """
     scheduler = model.scheduler
     alphas = scheduler.alphas_cumprod.to(torch.float64)
     a_final = float(scheduler.final_alpha_cumprod)
-    x = x0.clone()
+    # always the standard memory format: convolutions may hand back channels-last tensors, and
+    # a layout that differs after a resume would change the last bits of the result
+    x = (x0 if start == 0 else x_start).clone().contiguous()
     kept: dict[int, torch.Tensor] = {}
-    a_prev = a_final
-    for t in grid:
+    a_prev = a_final if start == 0 else float(alphas[grid[start - 1]])
+    for index, t in enumerate(grid):
+        if index < start:
+            continue
         a_t = float(alphas[t])
         parts = []
         for s in range(0, x.shape[0], batch_size):
@@ -56,19 +65,19 @@ def invert(model, x0: torch.Tensor, text: torch.Tensor, grid: list[int], keep: s
             eps = to_epsilon(out, xb, a_t, model.prediction_type)
             x0_hat = (xb - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
             parts.append(a_t ** 0.5 * x0_hat + (1 - a_t) ** 0.5 * eps)
-        x = torch.cat(parts)
+        x = torch.cat(parts).contiguous()
         a_prev = a_t
         if t in keep:
             kept[t] = x.clone()
         if on_step is not None:
-            on_step()
+            on_step(index, t, x)
     return kept, x
 
 
 class DDIMInversion(StageBase):
     kind = INVERSION
     name = "ddim"
-    version = 1
+    version = 2  # 2: latents kept in the standard memory format (resumable bit for bit)
     requires = ()
     reads_config = ("steps",)
     Params = DDIMInversionParams
@@ -91,23 +100,54 @@ class DDIMInversion(StageBase):
                 f"use --inversion-steps a multiple of --steps ({ctx.config.steps})"
             )
         batch = int(ctx.options.get("unet_batch", 8))
-        with ctx.bar(1, "encode frames") as bar:
-            x0 = model.encode_frames(ctx.frames, batch_size=batch).to(torch.float32)
-            bar.update(1)
-        text = model.encode_prompts([self.params.prompt])
-        with ctx.bar(len(grid), f"invert ({len(grid)} steps)") as bar:
-            kept, x_max = invert(model, x0, text, grid, set(editing), on_step=lambda: bar.update(1),
-                                 batch_size=batch)
+        progress = ctx.progress
+        resumed = progress is not None and progress.done("x0")
+        if resumed:  # an interrupted run encoded the frames already
+            x0 = torch.from_numpy(np.asarray(out["x0"][...])).to(model.device)
+        else:
+            with ctx.bar(1, "encode frames") as bar:
+                x0 = model.encode_frames(ctx.frames, batch_size=batch).to(torch.float32)
+                bar.update(1)
         n = x0.shape[0]
         lat = tuple(x0.shape[1:])
         write_coord(out, TIMESTEP, editing)
         write_coord(out, FRAME, range(n))
+        if not resumed:
+            create_array(out, "x0", dims=(FRAME, *LATENT_DIMS), data=x0.cpu().numpy())
+            if progress is not None:
+                progress.mark("x0")
         latents = create_array(out, "latents", dims=(TIMESTEP, FRAME, *LATENT_DIMS),
                                shape=(len(editing), n) + lat, dtype="float32",
                                chunks=(1, n) + lat)
-        for i, t in enumerate(editing):
-            latents[i] = kept[t].cpu().numpy()
-        create_array(out, "x0", dims=(FRAME, *LATENT_DIMS), data=x0.cpu().numpy())
+        slots = {s: create_array(out, f"resume_{s}", dims=(FRAME, *LATENT_DIMS), shape=(n, *lat),
+                                 dtype="float32") for s in "ab"}
+        start, x_start = 0, None
+        state = progress.state if progress is not None else {}
+        if resumed and "step" in state:  # latents after step `step`, in slot `slot`
+            start = int(state["step"]) + 1
+            x_start = torch.from_numpy(np.asarray(slots[state["slot"]][...])).to(model.device)
+        every = float(ctx.options.get("checkpoint_seconds", 10.0))
+        last = [time.monotonic()]
+        index_of = {t: i for i, t in enumerate(editing)}
+        text = model.encode_prompts([self.params.prompt])
+
+        def step_done(index: int, t: int, x: torch.Tensor) -> None:
+            if t in index_of:  # an editing timestep: final data, written now
+                latents[index_of[t]] = x.cpu().numpy()
+            if progress is not None and (time.monotonic() - last[0] >= every
+                                         or index == len(grid) - 1):
+                slot = "b" if state.get("slot") == "a" else "a"  # never overwrite the last good one
+                slots[slot][...] = x.cpu().numpy()
+                progress.mark("x0", step=index, slot=slot)
+                last[0] = time.monotonic()
+            bar.update(1)
+
+        with ctx.bar(len(grid), f"invert ({len(grid)} steps)") as bar:
+            bar.update(start)
+            _, x_max = invert(model, x0, text, grid, set(editing), on_step=step_done,
+                              batch_size=batch, start=start, x_start=x_start)
+        for s in "ab":
+            del out[f"resume_{s}"]
         create_array(out, "x_max", dims=(FRAME, *LATENT_DIMS), data=x_max.cpu().numpy())
         out.attrs.update({"t_max": int(grid[-1]), "prompt": self.params.prompt,
                           "inversion_steps": len(grid),

@@ -60,7 +60,7 @@ def gather(tokens: torch.Tensor, slots: torch.Tensor, index: torch.Tensor, w: to
 class TokenFlowBlender(StageBase):
     kind = BLENDER
     name = "tokenflow"
-    version = 1
+    version = 2  # 2: the loop keeps latents in the standard memory format (resumable bit for bit)
     requires = (CORRESPONDENCE,)
     reads_config = ("steps", "batch_size")
     Params = TokenFlowBlendParams

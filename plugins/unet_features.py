@@ -119,16 +119,24 @@ class UNetFeatures(StageBase):
                           "conv_layers": list(params.conv_layers), "n_frames": n})
         passes = [(i, s0) for i in range(len(timesteps)) for s0 in range(0, n, batch)
                   if params.store_tokens or i < conv_steps]
+        progress = ctx.progress
+        before = int(progress.state.get("unet_frame_evals", 0)) if progress is not None else 0
         with ctx.bar(len(passes), "features") as bar:
             for i, s0 in passes:
+                tag = f"t{i}:f{s0}:b{batch}"  # a new batch size rechunks: nothing matches
+                if progress is not None and progress.done(tag):  # resumed: already stored
+                    bar.update(1)
+                    continue
                 frames = range(s0, min(s0 + batch, n))
                 tokens, residuals = source.run(i, frames, conv=i < conv_steps)
                 found = {**(tokens if params.store_tokens else {}), **residuals}
                 for name, value in found.items():
                     arr, j = arrays[name]
                     arr[i, s0:s0 + len(frames), j] = value.to(torch.float32).cpu().numpy()
+                if progress is not None:
+                    progress.mark(tag, unet_frame_evals=before + source.frame_evals)
                 bar.update(1)
-        out.attrs["stats"] = {"unet_frame_evals": source.frame_evals}
+        out.attrs["stats"] = {"unet_frame_evals": before + source.frame_evals}
 
     @staticmethod
     def _group(out, name: str, timesteps, n: int, channels: int):

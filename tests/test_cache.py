@@ -269,6 +269,16 @@ def test_names_with_path_separators_are_sanitised(tf_cache: StageCache, name: st
     assert (entry.kind, entry.name) == (name, name)  # the metadata keeps the real names
 
 
+@pytest.mark.parametrize("video", ["../../evil.mp4", "/tmp/a/..hidden.mp4", "clips/x y:z*.mp4",
+                                   "../", "a/b/../../../c.mp4", ".."])
+def test_output_dirs_from_video_names_stay_under_out(video: str) -> None:
+    from tokenflow.outputs import output_dir_for
+
+    out = output_dir_for(video)
+    assert out.parent == Path("out") and ".." not in out.parts, out
+    assert out.name and not out.name.startswith(".") and re.fullmatch(r"[A-Za-z0-9._-]+", out.name)
+
+
 def test_safe_name_keeps_plain_names() -> None:
     for plain in ("pnp", "pnp-frames", "tokenflow", "nn_v2", "a.b"):
         assert safe_name(plain) == plain
@@ -456,8 +466,11 @@ def _editing_grid(model_dir: Path) -> list[int]:
 
 
 def _groups(path: str) -> list[str]:
+    """The root and the data groups of a store (not the manifest of its files' checksums)."""
+    from tokenflow.cache.store import MANIFEST
+
     root = zarr.open_group(path, mode="r")
-    return ["/"] + sorted(f"/{name}" for name in root.group_keys())
+    return ["/"] + sorted(f"/{name}" for name in root.group_keys() if name != MANIFEST)
 
 
 def _open(path: str, group: str) -> xr.Dataset:
@@ -468,7 +481,9 @@ def test_every_store_opens_in_xarray_with_named_dims(baseline: Baseline) -> None
     for kind in KINDS:
         path = baseline.first["cache"][kind]["path"]
         tree = xr.open_datatree(path, engine="zarr", consolidated=False)
-        assert sorted(node.path for node in tree.subtree) == _groups(path)
+        nodes = sorted(node.path for node in tree.subtree)
+        assert [n for n in nodes if n != "/tokenflow_manifest"] == _groups(path)
+        assert "/tokenflow_manifest" in nodes  # the files' checksums (tf cache verify)
         for group in _groups(path):
             ds = _open(path, group)
             for name, var in ds.variables.items():

@@ -101,7 +101,7 @@ def test_invert_keep_and_batch_size(model, x0, text):
     grid = inversion_grid(model, 5)
     keep = {grid[1], grid[3]}
     steps = []
-    kept, x_max = invert(model, x0, text, grid, keep=keep, on_step=lambda: steps.append(1))
+    kept, x_max = invert(model, x0, text, grid, keep=keep, on_step=lambda *step: steps.append(step[0]))
     assert set(kept) == keep and len(steps) == len(grid)
     full, full_max = invert(model, x0, text, grid, keep=set(grid), batch_size=1)
     for t in keep:

@@ -144,6 +144,18 @@ def test_folder_mode_conversions(tmp_path: Path) -> None:
     assert frames[2, 3, 0].tolist() == [100, 50, 25]
     assert (frames[3] == 0).all()  # fully transparent
 
+    (note,) = read_video(tmp_path).notes  # what was converted, for the user
+    for words in ("grayscale (mode L, e.g. 0.png)", "16-bit grayscale (mode I;16, e.g. 1.png)",
+                  "mode RGBA", "mode LA", "converted to 8-bit RGB", "alpha composited over black"):
+        assert words in note, (words, note)
+    assert read_video(tmp_path, frames=2).notes == (
+        ("frames are grayscale (mode L, e.g. 0.png), 16-bit grayscale (mode I;16, e.g. 1.png); "
+         "converted to 8-bit RGB"),)
+    rgb_only = tmp_path / "rgb"
+    rgb_only.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(rgb_only / "0.png")
+    assert read_video(rgb_only).notes == ()
+
 
 def test_folder_mixed_sizes(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "a.png")

@@ -128,11 +128,56 @@ def _quiet_libraries() -> None:
         lib.utils.logging.set_verbosity_error()
 
 
+def _total_memory(device) -> tuple[int, str]:
+    """Bytes of memory the run's device has, and what to call it."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"the GPU {device}"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: no check
+        return 0, "this machine"
+
+
+def _check_memory(loaded, n: int, height: int, width: int, size) -> None:
+    """Refuse a working size whose frames cannot fit in memory.
+
+    A lower bound, never an overestimate: the resized frames (uint8), and one frame through the
+    VAE's first block (its input and output, ``block_out_channels[0]`` channels at full size).
+    """
+    import torch
+
+    frames = n * height * width * 3
+    vae = 2 * loaded.vae.config.block_out_channels[0] * height * width
+    vae *= torch.finfo(loaded.dtype).bits // 8
+    need = frames + vae
+    have, where = _total_memory(loaded.device)
+    if have and need > have:
+        given = f"--size {size}" if size else f"the video's size (native {loaded.native_size})"
+        raise click.ClickException(
+            f"{given} makes {n} frames of {width}x{height}, which need at least {_human(need)} "
+            f"of memory ({_human(frames)} for the frames, {_human(vae)} for the VAE on one "
+            f"frame) and {where} has {_human(have)}; use a smaller --size (the model's native "
+            f"size is {loaded.native_size}) or fewer --frames")
+
+
 def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, quiet):
-    """Load the model and the video at the working resolution."""
+    """Load the video and the model, and resize the frames to the working resolution.
+
+    Cheap checks first: the size and the video are read before the (slow) model is loaded.
+    """
     from .models import ModelError, load_model, parse_dtype
     from .video import VideoError, parse_size, read_video, resize_frames, working_size
 
+    try:
+        requested = parse_size(size) if size else None
+    except VideoError as exc:
+        raise click.UsageError(f"--size: {exc}") from None
+    try:
+        clip = read_video(video, frames=n_frames, stride=stride)
+    except VideoError as exc:
+        raise click.ClickException(str(exc)) from None
     _quiet_libraries()
     try:
         torch_dtype = parse_dtype(dtype) if dtype else None
@@ -141,20 +186,46 @@ def _prepare(video, *, model, revision, device, dtype, n_frames, stride, size, q
         raise click.ClickException(str(exc)) from None
     if model is None:
         _say(quiet, f"note: no --model given; using {loaded.label}")
+    else:
+        _say(quiet, f"model: {loaded.label}")
     try:
-        clip = read_video(video, frames=n_frames, stride=stride)
-        requested = parse_size(size) if size else None
         height, width = working_size(clip.frames.shape[1], clip.frames.shape[2], requested,
                                      native=loaded.native_size)
     except VideoError as exc:
         raise click.ClickException(str(exc)) from None
+    _check_memory(loaded, len(clip), height, width, size)
     frames = resize_frames(clip.frames, height, width)
+    for note in clip.notes:
+        _say(quiet, f"note: {note}")
     if n_frames is not None and len(clip) < n_frames:
         _say(quiet, f"note: --frames {n_frames} asked for more frames than the video has; "
                     f"using all {len(clip)}")
+    if len(clip) == 1:
+        _say(quiet, "note: the video has 1 frame: nothing to propagate, so this is a plain "
+                    "edit of one image")
+    sides = [requested] if isinstance(requested, int) else list(requested or ())
+    if any(side % 64 for side in sides):
+        _say(quiet, f"note: --size {size} rounded to multiples of 64: working size "
+                    f"{width}x{height}")
     _say(quiet, f"video: {len(clip)} frames at {clip.fps:g} fps, "
                 f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
     return loaded, clip, frames
+
+
+CHECKPOINT_ENV = "TOKENFLOW_CHECKPOINT_SECONDS"
+
+
+def _runtime(unet_batch: int) -> dict:
+    """Knobs that do not change outputs: UNet batch, and how often long stages checkpoint
+    (env TOKENFLOW_CHECKPOINT_SECONDS, default 10 s: a crash loses at most that much)."""
+    knobs: dict = {"unet_batch": unet_batch}
+    every = os.environ.get(CHECKPOINT_ENV)
+    if every:
+        try:
+            knobs["checkpoint_seconds"] = max(0.0, float(every))
+        except ValueError:
+            raise click.UsageError(f"{CHECKPOINT_ENV}={every!r} is not a number of seconds") from None
+    return knobs
 
 
 def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, params, options,
@@ -165,7 +236,7 @@ def _build_job(pm, registry, loaded, frames, config, *, cache_dir, choices, para
     try:
         return build_job(pm, loaded, frames, config, cache=cache_dir, registry=registry,
                          choices=choices, params=params, options=options, until=until,
-                         quiet=quiet, runtime={"unet_batch": unet_batch or config.batch_size})
+                         quiet=quiet, runtime=_runtime(unet_batch or config.batch_size))
     except (ParamError, StageError) as exc:
         if _debug():
             raise
@@ -199,6 +270,8 @@ def _run_job(job, quiet: bool) -> dict:
     """Run a planned job; any error becomes one line (a plugin's names the plugin)."""
     try:
         return _checked_run(job, quiet)
+    except click.ClickException:
+        raise
     except (StageError, ParamError) as exc:
         if _debug():
             raise
@@ -214,6 +287,17 @@ def _checked_run(job, quiet: bool) -> dict:
     if root.exists() and not root.is_dir():
         raise click.ClickException(f"--cache-dir {root} is a file, not a directory")
     pending = job.pending()
+    for kind in pending:  # before any work: every store to write must be writable
+        folder = root / kind
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise click.ClickException(
+                f"the cache directory {folder} is not writable ({exc.strerror or exc}); "
+                "pass another --cache-dir") from None
     if pending:
         need = job.estimate_bytes()
         _say(quiet, f"cache {job.base.cache.root}: computing {', '.join(pending)}; "
@@ -268,6 +352,12 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
 
     _setup_threads()
     start = time.perf_counter()
+    if not prompt.strip():
+        raise click.UsageError("--prompt is empty: describe the edited video, e.g. "
+                               "--prompt 'a red car on a snowy road'")
+    cache_root = _cache_dir(cache_dir)
+    if cache_root.exists() and not cache_root.is_dir():
+        raise click.ClickException(f"--cache-dir {cache_root} is a file, not a directory")
     pm, registry = _manager_and_registry()
     choices = _parse_choices(stage_choices)
     if editor is not None:
@@ -871,13 +961,61 @@ def cache_rm(key, remove_all, cache_dir) -> None:
         click.echo(f"removed {e.kind}/{e.name} {e.key[:16]}")
 
 
+@cache.command("verify")
+@click.option("--cache-dir", default=None)
+@click.option("--remove", is_flag=True, help="Delete the broken stores (not a live run's partial store).")
+def cache_verify(cache_dir, remove) -> None:
+    """Check every cache entry: completeness marker, files against their stored sha256, arrays
+    readable. Partial stores of interrupted runs are listed too (rerunning resumes them)."""
+    from .cache.store import StageCache
+
+    store = StageCache(_cache_dir(cache_dir))
+    total = len(store.entries())
+    problems = store.verify(remove=remove)
+    partial = [(p, why) for p, why in problems if why.startswith("partial")]
+    broken = [(p, why) for p, why in problems if not why.startswith("partial")]
+    for path, why in partial:
+        click.echo(f"partial  {path}: {why}")
+    for path, why in broken:
+        click.echo(f"{'removed' if remove else 'BROKEN'}  {path}: {why}")
+    complete_broken = sum(not p.name.startswith(".") for p, _ in broken)
+    click.echo(f"{total - complete_broken} of {total} entries intact; {len(broken)} broken"
+               f"{' and removed' if remove and broken else ''}; {len(partial)} partial", err=True)
+    if broken and not remove:
+        raise SystemExit(1)
+
+
 def main() -> None:
-    """Console entry point: one clear line on errors, exit 130 on Ctrl-C."""
+    """Console entry point: one clear line on errors, exit 130 on Ctrl-C.
+
+    Click's own handling is bypassed (``standalone_mode=False``) because it prints a usage
+    error's "Usage:" and "Try --help" lines above the error, and turns Ctrl-C into "Aborted!"
+    with exit 1.
+    """
+    import errno
+
     try:
-        cli.main(standalone_mode=True)
-    except KeyboardInterrupt:
+        code = cli.main(standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tf`: the help text, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
+        ctx = exc.ctx
+        hint = f" ({ctx.command_path} --help)" if ctx is not None else ""
+        click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:  # output piped into a closed reader (| head): quiet
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -225,11 +225,18 @@ def start_latents(run: EditRun, t: int) -> torch.Tensor:
     return a_t.sqrt() * run.x0 + (1 - a_t).sqrt() * eps
 
 
-def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group) -> EditRun:
+def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
+             progress: Sequence[Any] = ()) -> EditRun:
     """Run the loop, writing the editor's and the blender's stores; returns the run (counters).
 
     The stores hold the timesteps the loop ran: ``timesteps[first:]`` where ``first`` is the
     editor's ``first_step(run)`` (0 unless the editor starts later on the grid).
+
+    ``progress``: the stores' :class:`tokenflow.cache.store.Progress`. Every finished timestep is
+    marked in them; a rerun after an interruption resumes after the last timestep both stores
+    finished, from the latents stored for it (bit-identical to an uninterrupted run: a step
+    depends only on the latents, the timestep and the upstream stores). An editor whose state
+    carries from one step to the next sets ``resumable = False`` and restarts instead.
     """
     run = make_run(ctx)
     run.editor_out = editor_out
@@ -261,9 +268,23 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group)
                               shape=(steps, n) + lat_shape, dtype="float32",
                               chunks=(1, n) + lat_shape)
         blender_out.attrs["latents_note"] = "latents after the DDIM step taken at each timestep"
-        latents = editor.initial_latents(run)
+        resume = 0
+        if progress and getattr(editor, "resumable", True):
+            while resume < steps and all(p.done(f"step:{resume}") for p in progress):
+                resume += 1
+        if resume:
+            latents = torch.from_numpy(np.asarray(bl_lat[resume - 1])).to(run.x0.device)
+            latents = latents.contiguous()
+            counters = progress[-1].state
+            run.unet_calls = int(counters.get("unet_calls", 0))
+            run.unet_frames = int(counters.get("unet_frames", 0))
+        else:
+            latents = editor.initial_latents(run).contiguous()
         with ctx.bar(steps, f"edit ({editor.name} + {blender.name})") as bar:
+            bar.update(resume)
             for j, t in enumerate(ran):
+                if j < resume:
+                    continue
                 i = first + j
                 keyframes = [int(f) for f in run.keyframes[i]]
                 step = EditStep(run=run, index=i, timestep=int(t), latents=latents,
@@ -275,9 +296,13 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group)
                     latents = blender.blend_step(step, edited.tokens)
                 if finish is not None:
                     latents = finish(step, latents)
+                # the standard memory format, as a resumed run reads it back from the store
+                latents = latents.contiguous()
                 ed_kf[j] = np.asarray(keyframes)
                 ed_out[j] = edited.model_output.detach().cpu().numpy()
                 bl_lat[j] = latents.detach().cpu().numpy()
+                for p in progress:
+                    p.mark(f"step:{j}", unet_calls=run.unet_calls, unet_frames=run.unet_frames)
                 bar.update(1)
     frames = ctx.model.decode_latents(latents)
     create_array(blender_out, "frames", dims=(FRAME, HEIGHT, WIDTH, RGB), data=frames,

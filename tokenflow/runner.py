@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,12 @@ class CacheLookup:
 
 
 class StageRunner:
-    """Computes a stage into a temporary store and renames it into place when complete."""
+    """Computes a stage into its partial store and renames it into place when complete.
+
+    The entry's lock is held meanwhile: a second process asking for the same entry waits and
+    then finds it complete. The partial store survives an interrupted run; the next run resumes
+    it where the stage supports that (``ctx.progress``, see :class:`tokenflow.cache.store.Progress`).
+    """
 
     @hookimpl(trylast=True)
     def run_stage(self, ctx: StageContext, stage) -> StageResult:
@@ -51,26 +57,40 @@ class StageRunner:
         key = ctx.keys[stage.kind]
         if stage.kind == EDITOR:
             raise StageError("the editor runs inside the editing loop: run the blender stage")
-        if stage.kind == BLENDER:
-            from .loop import run_edit
 
-            editor = ctx.stages[EDITOR]
-            with cache.writer(EDITOR, editor.name, ctx.keys[EDITOR], params=editor.params,
-                              version=editor.version) as ed_group, \
-                    cache.writer(BLENDER, stage.name, key, params=stage.params,
-                                 version=stage.version) as bl_group:
-                run_edit(ctx, ed_group, bl_group)
-                stats = dict(bl_group.attrs.get("stats", {}))
-        else:
-            assert stage.kind not in STEP_KINDS
-            with cache.writer(stage.kind, stage.name, key, params=stage.params,
-                              version=stage.version) as group:
-                ctx.output = group
-                try:
-                    stage.run(ctx)
-                finally:
-                    ctx.output = None
-                stats = dict(group.attrs.get("stats", {}))
+        def waiting() -> None:
+            if not ctx.quiet:
+                print(f"waiting for another tf process computing {stage.kind} {stage.name!r} "
+                      f"({key[:16]})", file=sys.stderr)
+
+        with cache.lock(stage.kind, stage.name, key, on_wait=waiting):
+            done = CacheLookup().run_stage(ctx, stage)  # another process may have finished it
+            if done is not None:
+                return done
+            progress: list = []
+            if stage.kind == BLENDER:
+                from .loop import run_edit
+
+                editor = ctx.stages[EDITOR]
+                with cache.writer(EDITOR, editor.name, ctx.keys[EDITOR], params=editor.params,
+                                  version=editor.version, resumable=True,
+                                  progress_out=progress) as ed_group, \
+                        cache.writer(BLENDER, stage.name, key, params=stage.params,
+                                     version=stage.version, resumable=True,
+                                     progress_out=progress) as bl_group:
+                    run_edit(ctx, ed_group, bl_group, progress=tuple(progress))
+                    stats = dict(bl_group.attrs.get("stats", {}))
+            else:
+                assert stage.kind not in STEP_KINDS
+                with cache.writer(stage.kind, stage.name, key, params=stage.params,
+                                  version=stage.version, resumable=True,
+                                  progress_out=progress) as group:
+                    ctx.output, ctx.progress = group, progress[0]
+                    try:
+                        stage.run(ctx)
+                    finally:
+                        ctx.output, ctx.progress = None, None
+                    stats = dict(group.attrs.get("stats", {}))
         path = cache.path(stage.kind, stage.name, key)
         return StageResult(stage.kind, stage.name, key, path, cached=False,
                            seconds=time.perf_counter() - start, stats=stats)

@@ -257,6 +257,10 @@ class StageContext:
     pm: Any = None
     #: Runtime knobs that do not change outputs (memory batch sizes etc.).
     options: dict[str, Any] = field(default_factory=dict)
+    #: While a stage runs: a :class:`tokenflow.cache.store.Progress` of its partial store. A stage
+    #: may skip units of work it marks done (``ctx.progress.done(tag)``) and mark each one after
+    #: writing it (``ctx.progress.mark(tag)``), so that a rerun after a crash resumes there.
+    progress: Any = None
 
     def bar(self, total: int, desc: str):
         """A progress bar on stderr (a no-op one when quiet)."""

@@ -56,6 +56,8 @@ class Video:
     fps: float
     source: str  # path as given
     stride: int = 1  # every stride-th frame of the source was kept, from frame 0
+    #: What was changed to make the frames 8-bit RGB (e.g. 16-bit grayscale PNGs), one line each.
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.frames.shape[0])
@@ -82,8 +84,9 @@ def read_video(path: str | os.PathLike[str], *, frames: int | None = None, strid
     p = Path(source)
     if not p.exists():
         raise VideoError(f"no such file or directory: {source}")
+    notes: tuple[str, ...] = ()
     if p.is_dir():
-        data, fps = _read_folder(p, frames, stride)
+        data, fps, notes = _read_folder(p, frames, stride)
     else:
         suffix = p.suffix.lower()
         if suffix == ".gif":
@@ -95,7 +98,7 @@ def read_video(path: str | os.PathLike[str], *, frames: int | None = None, strid
             raise VideoError(f"unsupported file type {suffix or '(none)'!r}: {source} (expected {known}, or a folder of frames)")
     if data.shape[0] == 0:
         raise VideoError(f"no frames: {source}")
-    return Video(frames=data, fps=fps / stride, source=source, stride=stride)
+    return Video(frames=data, fps=fps / stride, source=source, stride=stride, notes=notes)
 
 
 def _select(items: Iterable[np.ndarray], frames: int | None, stride: int) -> Iterator[np.ndarray]:
@@ -114,12 +117,22 @@ def _one_line(exc: BaseException) -> str:
     """Reduce an imageio/ffmpeg exception (often with pages of stderr) to one line."""
     # Drop ffmpeg's "[in#0 @ 0x55d0...]" context prefixes.
     lines = [re.sub(r"^(\[[^\]]*\]\s*)+", "", line).strip() for line in str(exc).splitlines()]
-    lines = [line for line in lines if line]
+    # Not diagnoses: ffmpeg's banner and its description of the input (which names the file,
+    # whose path may contain any word).
+    lines = [line for line in lines if line and not _FFMPEG_CHATTER.match(line)]
     # ffmpeg's own diagnosis is more useful than imageio's generic first line.
     for line in lines:
-        if re.search(r"invalid data|moov atom|end of file|corrupt|truncat", line, re.IGNORECASE):
+        if re.search(r"does not contain any stream", line, re.IGNORECASE):
+            return "no video stream found (a damaged file, or not a video)"
+        if re.search(r"moov atom not found", line, re.IGNORECASE):
+            return f"{line} (a truncated or damaged file, or not a video)"
+        if re.search(r"invalid data|end of file|corrupt|truncat", line, re.IGNORECASE):
             return line
     return lines[0] if lines else type(exc).__name__
+
+
+_FFMPEG_CHATTER = re.compile(r"(ffmpeg version|built with|configuration:|lib\w+\s+\d|Input #|"
+                             r"Output #|Stream #|Metadata:|Duration:|=== stderr ===)")
 
 
 def _read_with_imageio(path: Path, plugin: str, frames: int | None, stride: int) -> tuple[np.ndarray, float]:
@@ -156,8 +169,28 @@ def _natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
     return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name
 
 
-def _read_folder(folder: Path, frames: int | None, stride: int) -> tuple[np.ndarray, float]:
-    """Read the selected PNG/JPG frames of a folder; only the selected files are opened."""
+#: Pillow modes that are not plain 8-bit RGB, as the user would name them.
+_MODE_NAMES = {"1": "1-bit black and white", "L": "grayscale", "LA": "grayscale with alpha",
+               "I": "16/32-bit grayscale", "I;16": "16-bit grayscale", "I;16B": "16-bit grayscale",
+               "I;16L": "16-bit grayscale", "F": "32-bit float grayscale", "P": "palette",
+               "PA": "palette with alpha", "RGBA": "RGB with alpha", "CMYK": "CMYK",
+               "YCbCr": "YCbCr", "LAB": "Lab", "HSV": "HSV"}
+
+
+def _conversion_note(modes: dict[str, str]) -> tuple[str, ...]:
+    """One note for frames that were not 8-bit RGB: ``{mode: first file with it}``."""
+    odd = {m: name for m, name in modes.items() if m != "RGB"}
+    if not odd:
+        return ()
+    kinds = ", ".join(f"{_MODE_NAMES.get(m, m)} (mode {m}, e.g. {name})" for m, name in odd.items())
+    alpha = any(m in ("LA", "PA", "RGBA") or m.endswith("A") for m in odd)
+    return (f"frames are {kinds}; converted to 8-bit RGB"
+            + ("; alpha composited over black" if alpha else ""),)
+
+
+def _read_folder(folder: Path, frames: int | None, stride: int) -> tuple[np.ndarray, float, tuple[str, ...]]:
+    """Read the selected PNG/JPG frames of a folder; only the selected files are opened.
+    Also returns a note if some were not 8-bit RGB (see :func:`_pil_to_rgb8`)."""
     names = sorted(
         (e.name for e in folder.iterdir() if e.suffix.lower() in IMAGE_SUFFIXES and not e.name.startswith(".") and e.is_file()),
         key=_natural_key,
@@ -166,9 +199,11 @@ def _read_folder(folder: Path, frames: int | None, stride: int) -> tuple[np.ndar
         raise VideoError(f"no PNG/JPG frames in folder: {folder}")
     chosen = names[::stride][:frames]
     out: np.ndarray | None = None
+    modes: dict[str, str] = {}
     for i, name in enumerate(chosen):
         try:
             with Image.open(folder / name) as im:
+                modes.setdefault(im.mode, name)
                 image = _pil_to_rgb8(im, name)
         except VideoError:
             raise
@@ -182,7 +217,7 @@ def _read_folder(folder: Path, frames: int | None, stride: int) -> tuple[np.ndar
             raise VideoError(f"frames differ in size: {chosen[0]} is {w0}x{h0}, {name} is {w}x{h}")
         out[i] = image
     assert out is not None
-    return out, FOLDER_FPS
+    return out, FOLDER_FPS, _conversion_note(modes)
 
 
 def _pil_to_rgb8(im: Image.Image, name: str) -> np.ndarray:

@@ -8,6 +8,8 @@ is never read.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -65,6 +67,15 @@ def create_array(
     if len(dims) != len(shape):
         raise ValueError(f"{name}: {len(dims)} dims for shape {tuple(shape)}")
     chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks or shape, shape))
+    if name in group:  # a resumed store: keep what an interrupted run already wrote
+        old = group[name]
+        if (isinstance(old, zarr.Array) and old.shape == tuple(shape)
+                and np.dtype(old.dtype) == np.dtype(dtype) and old.chunks == chunks
+                and tuple(old.metadata.dimension_names or ()) == tuple(dims)):
+            if data is not None:
+                old[...] = data
+            return old
+        del group[name]
     arr = group.create_array(
         name, shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(dims)
     )
@@ -77,10 +88,77 @@ def write_coord(group: zarr.Group, dim: str, values: Sequence[Any]) -> zarr.Arra
     """A 1-D coordinate array named after its dimension (strings stored as variable-length)."""
     values = list(values)
     if values and isinstance(values[0], str):
+        if dim in group:
+            del group[dim]
         arr = group.create_array(dim, shape=(len(values),), dtype=str, dimension_names=[dim])
         arr[...] = np.array(values, dtype=object)
         return arr
     return create_array(group, dim, dims=[dim], data=np.asarray(values))
+
+
+#: The child group whose attributes list the sha256 of every other file of a complete store.
+MANIFEST = "tokenflow_manifest"
+
+
+def _write_json_atomic(path: Path, doc: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(path: Path) -> list[Path]:
+    """Every file of a store but its manifest's."""
+    return [f for f in sorted(path.rglob("*"))
+            if f.is_file() and f.relative_to(path).parts[0] != MANIFEST]
+
+
+def manifest(path: Path) -> dict[str, str]:
+    """sha256 of every file of a store but the manifest's own, by relative path."""
+    return {f.relative_to(path).as_posix(): _file_sha256(f) for f in _files(path)}
+
+
+class Progress:
+    """What an interrupted computation of one entry already finished, kept in the partial
+    store (``progress.json``, replaced atomically) so that a rerun resumes after it.
+
+    A stage marks a unit of work (``mark("t3:f8")``) only after its results are written;
+    ``done(tag)`` tells a resumed run to skip it. ``state`` holds small JSON values (counters).
+    """
+
+    def __init__(self, path: Path | None, key: str) -> None:
+        self.path, self.key = path, key
+        self.tags: set[str] = set()
+        self.state: dict[str, Any] = {}
+        if path is not None and path.is_file():
+            try:
+                doc = json.loads(path.read_text())
+            except (OSError, ValueError):
+                doc = {}
+            if doc.get("key") == key:
+                self.tags = set(doc.get("done", []))
+                self.state = dict(doc.get("state", {}))
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.tags)
+
+    def done(self, tag: str) -> bool:
+        return tag in self.tags
+
+    def mark(self, tag: str, **state: Any) -> None:
+        self.tags.add(tag)
+        self.state.update(state)
+        if self.path is not None:
+            _write_json_atomic(self.path, {"key": self.key, "done": sorted(self.tags),
+                                           "state": self.state})
 
 
 class StageCache:
@@ -117,19 +195,71 @@ class StageCache:
     def open(self, path: Path) -> zarr.Group:
         return zarr.open_group(str(path), mode="r")
 
+    def partial_path(self, kind: str, name: str, key: str) -> Path:
+        final = self.path(kind, name, key)
+        return final.with_name(f".{final.stem}.partial.zarr")
+
+    @staticmethod
+    def progress_path(partial: Path) -> Path:
+        """Beside the partial store (a file inside it would not be part of the Zarr hierarchy)."""
+        return partial.with_name(partial.name.removesuffix(".zarr") + ".progress.json")
+
+    @contextmanager
+    def lock(self, kind: str, name: str, key: str, *, on_wait=None) -> Iterator[None]:
+        """Hold the lock of one entry (an OS file lock, released when its holder exits or dies).
+
+        Only the holder computes the entry or touches its partial store; another process asking
+        for the same entry waits (``on_wait()`` is called once if it has to), then finds it
+        complete. Different entries never wait for each other.
+        """
+        import fcntl
+
+        final = self.path(kind, name, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = final.with_name(f".{final.stem}.lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     @contextmanager
     def writer(
-        self, kind: str, name: str, key: str, *, params: Any = None, version: int = 1
+        self, kind: str, name: str, key: str, *, params: Any = None, version: int = 1,
+        resumable: bool = False, progress_out: list | None = None,
     ) -> Iterator[zarr.Group]:
-        """Yield a fresh Zarr group; on normal exit it becomes the complete entry for ``key``.
+        """Yield a Zarr group; on normal exit it becomes the complete entry for ``key``.
 
-        On an exception the temporary store is deleted and nothing at the final path changes.
+        The group is written aside and renamed into place when complete, with a manifest of its
+        files' sha256 (``tf cache verify`` checks it). On an exception the store is deleted and
+        nothing at the final path changes. With ``resumable`` (the caller holds the entry's
+        :meth:`lock`) the store is the entry's partial store, kept when the run is interrupted
+        (Ctrl-C, a kill, a crash) and reopened by the next run; the :class:`Progress` appended
+        to ``progress_out`` says what it already holds.
         """
         final = self.path(kind, name, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.zarr")
+        if resumable:
+            tmp = self.partial_path(kind, name, key)
+            progress = Progress(self.progress_path(tmp), key)
+            if not progress.resumed and tmp.exists():
+                shutil.rmtree(tmp)  # a partial store of nothing finished, or of another key
+            mode = "a" if progress.resumed else "w"
+        else:
+            tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}.zarr")
+            progress = Progress(None, key)
+            mode = "w"
+        keep_partial = False
         try:
-            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            group = zarr.open_group(str(tmp), mode=mode, zarr_format=3)
+            if progress_out is not None:
+                progress_out.append(progress)
             yield group
             group.attrs[META] = {
                 "complete": True,
@@ -140,6 +270,9 @@ class StageCache:
                 "params": _plain(params) if params is not None else {},
                 "created": time.time(),
             }
+            if MANIFEST in group:  # from a run killed between its manifest and the rename
+                del group[MANIFEST]
+            group.create_group(MANIFEST).attrs.update({"key": key, "files": manifest(tmp)})
             if final.exists():
                 meta = self.meta(final)
                 if meta is not None and meta.get("key") == key:  # someone finished it first
@@ -147,9 +280,17 @@ class StageCache:
                     return
                 shutil.rmtree(final)  # partial, or another key sharing the 16-char prefix
             os.replace(tmp, final)
+            if resumable:
+                self.progress_path(tmp).unlink(missing_ok=True)
+        except (KeyboardInterrupt, SystemExit):
+            keep_partial = resumable  # resume after Ctrl-C; a kill keeps it anyway
+            raise
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            if not keep_partial:
+                if tmp.exists():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                if resumable:
+                    self.progress_path(tmp).unlink(missing_ok=True)
 
     def entries(self) -> list[CacheEntry]:
         """Every complete entry, oldest first."""
@@ -191,6 +332,85 @@ class StageCache:
         for entry in gone:
             shutil.rmtree(entry.path)
         if self.root.is_dir():
-            for leftover in self.root.glob("*/.*.tmp-*.zarr"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            for pattern in ("*/.*.tmp-*.zarr", "*/.*.partial.zarr"):
+                for leftover in self.root.glob(pattern):
+                    shutil.rmtree(leftover, ignore_errors=True)
+            for leftover in self.root.glob("*/.*.partial.progress.json"):
+                leftover.unlink(missing_ok=True)
         return gone
+
+    def verify(self, *, remove: bool = False) -> list[tuple[Path, str]]:
+        """Check every store under the root: complete entries against their manifest (files
+        present, sha256 equal, arrays readable with their recorded shapes), partial stores
+        reported as such. Returns ``(path, problem)`` for each broken or partial store;
+        ``remove`` deletes the broken ones (partial stores of a live run are left alone: their
+        lock is held)."""
+        problems: list[tuple[Path, str]] = []
+        if not self.root.is_dir():
+            return problems
+        for kind_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for path in sorted(kind_dir.glob("*.zarr")):  # hidden ones too: pathlib's * matches dots
+                problem = self._check(path)
+                if problem is None:
+                    continue
+                problems.append((path, problem))
+                if remove and not (path.name.endswith(".partial.zarr") and self._locked(path)):
+                    shutil.rmtree(path, ignore_errors=True)
+                    self.progress_path(path).unlink(missing_ok=True)
+        return problems
+
+    @staticmethod
+    def _locked(partial: Path) -> bool:
+        import fcntl
+
+        lock = partial.with_name(partial.name.removesuffix(".partial.zarr") + ".lock")
+        if not lock.exists():
+            return False
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+    def _check(self, path: Path) -> str | None:
+        if path.name.endswith(".partial.zarr"):
+            try:
+                done = len(json.loads(self.progress_path(path).read_text()).get("done", []))
+            except (OSError, ValueError):
+                done = 0
+            return f"partial (an interrupted run; {done} units of work done; rerunning resumes it)"
+        if ".tmp-" in path.name:
+            return "temporary store of a run that did not finish"
+        meta = self.meta(path)
+        if meta is None:
+            return "no completeness marker"
+        try:
+            recorded = dict(zarr.open_group(str(path / MANIFEST), mode="r").attrs)
+        except Exception:  # noqa: BLE001 - missing or unreadable alike
+            return "no readable manifest (written by an older tokenflow?)"
+        if recorded.get("key") != meta.get("key"):
+            return "manifest of another entry"
+        expected: dict[str, str] = recorded.get("files", {})
+        actual = {f.relative_to(path).as_posix() for f in _files(path)}
+        missing = sorted(set(expected) - actual)
+        if missing:
+            return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+        extra = sorted(actual - set(expected))
+        if extra:
+            return f"{len(extra)} unexpected file(s), e.g. {extra[0]}"
+        for rel, digest in expected.items():
+            if _file_sha256(path / rel) != digest:
+                return f"checksum mismatch in {rel}"
+        try:
+            group = zarr.open_group(str(path), mode="r")
+            for name, node in group.members(max_depth=None):
+                if name.startswith(MANIFEST):
+                    continue
+                if isinstance(node, zarr.Array) and node.size and node.size < 1 << 26:
+                    node[(0,) * node.ndim]  # the first element decodes
+        except Exception as exc:  # noqa: BLE001 - anything unreadable is broken
+            return f"unreadable arrays ({type(exc).__name__}: {exc})"
+        return None
