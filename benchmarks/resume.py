@@ -46,10 +46,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
-    # checkpoint the inversion at every step (default: every 10 s, which this short run never
-    # reaches before it ends)
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
-           "TOKENFLOW_CHECKPOINT_SECONDS": "0"}
+           "TOKENFLOW_CHECKPOINT_SECONDS": "0"}  # the default: the inversion checkpoints every step
     clip = ROOT / "examples" / "clips" / "ball.mp4"
     half = {"inversion": lambda p: p.get("state", {}).get("step", -1) >= 25,  # of 50
             "features": lambda p: len(p.get("done", [])) >= (args.steps * -(-args.frames // 8)) // 2,

@@ -126,7 +126,7 @@ class DDIMInversion(StageBase):
         if resumed and "step" in state:  # latents after step `step`, in slot `slot`
             start = int(state["step"]) + 1
             x_start = torch.from_numpy(np.asarray(slots[state["slot"]][...])).to(model.device)
-        every = float(ctx.options.get("checkpoint_seconds", 10.0))
+        every = float(ctx.options.get("checkpoint_seconds", 0.0))  # 0: every timestep
         last = [time.monotonic()]
         index_of = {t: i for i, t in enumerate(editing)}
         text = model.encode_prompts([self.params.prompt])

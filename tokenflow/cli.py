@@ -217,7 +217,8 @@ CHECKPOINT_ENV = "TOKENFLOW_CHECKPOINT_SECONDS"
 
 def _runtime(unet_batch: int) -> dict:
     """Knobs that do not change outputs: UNet batch, and how often long stages checkpoint
-    (env TOKENFLOW_CHECKPOINT_SECONDS, default 10 s: a crash loses at most that much)."""
+    (env TOKENFLOW_CHECKPOINT_SECONDS: at most one checkpoint per that many seconds; default 0,
+    every inversion step: a crash loses at most one step)."""
     knobs: dict = {"unet_batch": unet_batch}
     every = os.environ.get(CHECKPOINT_ENV)
     if every:
