@@ -8,4 +8,4 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFL
 clip=examples/clips/ball.mp4
 [ -f "$clip" ] || .venv/bin/python examples/make_clips.py
 exec .venv/bin/tf run "$clip" --inversion-prompt "a red ball on a checkered floor" \
-  --prompt "a blue ball on a checkered floor" --out out/demo "$@"
+  --prompt "a blue ball on a checkered floor" --out out/demo --overwrite "$@"
