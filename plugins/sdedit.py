@@ -21,11 +21,8 @@ import torch
 from tokenflow_plugins.pnp import PnPEditor, PnPFramesEditor, TextParams
 
 from tokenflow import (
-    CORRESPONDENCE,
-    EDITOR,
     FEATURES,
     INVERSION,
-    KEYFRAMES,
     StageError,
     hookimpl,
 )
@@ -65,15 +62,12 @@ class SDEditParams(TextParams):
 
 
 class SDEditEditor(PnPEditor):
-    kind = EDITOR
+    """PnP's loop methods with nothing injected (kind, inputs and propagation as PnP's)."""
+
     name = "sdedit"
-    version = 1
-    requires = (INVERSION, FEATURES, KEYFRAMES, CORRESPONDENCE)
-    reads_config = ("steps", "batch_size")
+    version = 1  # its own, independent of PnP's
     Params = SDEditParams
     summary = "SDEdit on keyframes (noise to a strength, denoise; no injection), propagated"
-    propagates = True
-    extended = True
 
     def upstream_params(self, config) -> dict:
         return {}  # any feature store will do: SDEdit injects nothing

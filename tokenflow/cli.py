@@ -33,6 +33,15 @@ def _cache_dir(value: str | None) -> Path:
     return Path(value or os.environ.get(CACHE_ENV) or "cache")
 
 
+def _cache_root(value: str | None) -> Path:
+    """The cache directory of a command that computes, refused early (before the model loads)
+    if it is a file."""
+    root = _cache_dir(value)
+    if root.exists() and not root.is_dir():
+        raise click.ClickException(f"--cache-dir {root} is a file, not a directory")
+    return root
+
+
 DEBUG_ENV = "TOKENFLOW_DEBUG"
 
 
@@ -284,9 +293,7 @@ def _run_job(job, quiet: bool) -> dict:
 
 
 def _checked_run(job, quiet: bool) -> dict:
-    root = job.base.cache.root
-    if root.exists() and not root.is_dir():
-        raise click.ClickException(f"--cache-dir {root} is a file, not a directory")
+    root = job.base.cache.root  # checked by _cache_root when the command started
     pending = job.pending()
     for kind in pending:  # before any work: every store to write must be writable
         folder = root / kind
@@ -356,9 +363,7 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
     if not prompt.strip():
         raise click.UsageError("--prompt is empty: describe the edited video, e.g. "
                                "--prompt 'a red car on a snowy road'")
-    cache_root = _cache_dir(cache_dir)
-    if cache_root.exists() and not cache_root.is_dir():
-        raise click.ClickException(f"--cache-dir {cache_root} is a file, not a directory")
+    cache_root = _cache_root(cache_dir)
     pm, registry = _manager_and_registry()
     choices = _parse_choices(stage_choices)
     if editor is not None:
@@ -377,7 +382,7 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
         "keyframes": {"seed": seed},
         "editor": {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance},
     }
-    job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
+    job = _build_job(pm, registry, loaded, frames, config, cache_dir=cache_root,
                      choices=choices, params=params, options=options, until="blender", quiet=quiet)
     out = Path(out_dir) if out_dir else output_dir_for(video)
     try:
@@ -408,13 +413,14 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
     from .stages import RunConfig
 
     _setup_threads()
+    cache_root = _cache_root(cache_dir)
     pm, registry = _manager_and_registry()
-    loaded, clip, frames = _prepare(video, model=model, revision=revision, device=device,
+    loaded, _, frames = _prepare(video, model=model, revision=revision, device=device,
                                     dtype=dtype, n_frames=n_frames, stride=stride, size=size,
                                     quiet=quiet)
     config = RunConfig(steps=steps, batch_size=batch_size)
     params = {"inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps}}
-    job = _build_job(pm, registry, loaded, frames, config, cache_dir=_cache_dir(cache_dir),
+    job = _build_job(pm, registry, loaded, frames, config, cache_dir=cache_root,
                      choices=_parse_choices(stage_choices), params=params, options=options,
                      until="features", quiet=quiet)
     results = _run_job(job, quiet)
@@ -605,6 +611,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
     from .stages import RunConfig
 
     _setup_threads()
+    cache_root = _cache_root(cache_dir)
     pm, registry = _manager_and_registry()
     try:
         parsed = [parse_method(m) for m in (methods or ("pnp", "pnp-frames"))]
@@ -641,7 +648,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
         return _run_job(job, quiet)
 
     try:
-        results = run_methods(pm, loaded, frames, config, parsed, cache=_cache_dir(cache_dir),
+        results = run_methods(pm, loaded, frames, config, parsed, cache=cache_root,
                               params=params, options=[tuple(o) for o in options], quiet=quiet,
                               registry=registry, on_job=on_job)
     except (ParamError, StageError) as exc:

@@ -40,30 +40,25 @@ class ControlExtractor:
 
 def control_extractors(pm) -> dict[str, ControlExtractor]:
     """Every extractor registered through ``register_control_extractors``, by name."""
-    from .registry import RegistryError, describe_plugin
+    from .registry import RegistryError, call_discovery_hook
 
     found: dict[str, ControlExtractor] = {}
-    for impl in pm.hook.register_control_extractors.get_hookimpls():
-        owner = describe_plugin(pm, impl.plugin)
 
-        def register(name: str, extract, version: int = 1, _owner: str = owner) -> None:
+    def make_register(owner: str):
+        def register(name: str, extract, version: int = 1) -> None:
             if not isinstance(name, str) or not name:
-                raise RegistryError(f"{_owner}: a control extractor needs a non-empty name")
+                raise RegistryError(f"{owner}: a control extractor needs a non-empty name")
             if not callable(extract):
-                raise RegistryError(f"{_owner}: control extractor {name!r} is not callable")
+                raise RegistryError(f"{owner}: control extractor {name!r} is not callable")
             if name in found:
                 raise RegistryError(f"control extractor {name!r} is registered twice: by "
-                                    f"{found[name].owner} and by {_owner}")
-            found[name] = ControlExtractor(name, extract, int(version), _owner)
+                                    f"{found[name].owner} and by {owner}")
+            found[name] = ControlExtractor(name, extract, int(version), owner)
 
-        try:
-            impl.function(register=register)
-        except RegistryError:
-            raise
-        except Exception as exc:  # a plugin's own bug: name it
-            raise RegistryError(
-                f"plugin {owner} failed in register_control_extractors: "
-                f"{type(exc).__name__}: {exc}") from exc
+        return register
+
+    call_discovery_hook(pm, "register_control_extractors", make_register,
+                        describe=lambda exc: f"{type(exc).__name__}: {exc}")
     return found
 
 

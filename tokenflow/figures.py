@@ -33,6 +33,18 @@ def _text(image, xy: tuple[int, int], text: str, fill="black") -> None:
     ImageDraw.Draw(image).text(xy, text, fill=fill, font=ImageFont.load_default())
 
 
+def _layout(videos: Sequence[tuple[str, np.ndarray]], what: str,
+            min_height: int) -> tuple[int, int, int, int]:
+    """``(frames, height, width, scale)`` of labelled videos that must share a frame size."""
+    if not videos:
+        raise ValueError(f"{what} needs at least one video")
+    n = min(len(frames) for _, frames in videos)
+    h, w = videos[0][1].shape[1:3]
+    if any(frames.shape[1:3] != (h, w) for _, frames in videos):
+        raise ValueError(f"{what}: videos differ in frame size")
+    return n, h, w, scale_for(h, min_height)
+
+
 def contact_sheet(rows: Sequence[tuple[str, np.ndarray]], columns: int = 6, *,
                   min_height: int = MIN_HEIGHT) -> np.ndarray:
     """One row per labelled video (label on the left), ``columns`` evenly spaced frames each.
@@ -42,13 +54,7 @@ def contact_sheet(rows: Sequence[tuple[str, np.ndarray]], columns: int = 6, *,
     """
     from PIL import Image
 
-    if not rows:
-        raise ValueError("contact_sheet needs at least one video")
-    n = min(len(frames) for _, frames in rows)
-    h, w = rows[0][1].shape[1:3]
-    if any(frames.shape[1:3] != (h, w) for _, frames in rows):
-        raise ValueError("contact_sheet: videos differ in frame size")
-    scale = scale_for(h, min_height)
+    n, h, w, scale = _layout(rows, "contact_sheet", min_height)
     picks = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
     th, tw = h * scale, w * scale
     canvas = Image.new("RGB", (LABEL_WIDTH + len(picks) * tw, len(rows) * th), "white")
@@ -67,13 +73,7 @@ def labelled_side_by_side(videos: Sequence[tuple[str, np.ndarray]], *,
     """
     from PIL import Image
 
-    if not videos:
-        raise ValueError("labelled_side_by_side needs at least one video")
-    n = min(len(frames) for _, frames in videos)
-    h, w = videos[0][1].shape[1:3]
-    if any(frames.shape[1:3] != (h, w) for _, frames in videos):
-        raise ValueError("labelled_side_by_side: videos differ in frame size")
-    scale = scale_for(h, min_height)
+    n, h, w, scale = _layout(videos, "labelled_side_by_side", min_height)
     th, tw = h * scale, w * scale
     header = Image.new("RGB", (tw * len(videos), HEADER), "white")
     for k, (label, _) in enumerate(videos):

@@ -62,23 +62,30 @@ class Registry:
         return self.owners[(kind, name)]
 
 
+def call_discovery_hook(pm, hook_name: str, make_register, describe=str) -> None:
+    """Call every implementation of the discovery hook ``hook_name`` with
+    ``register=make_register(owner)``, ``owner`` naming the plugin (``name (distribution
+    version)``). A :class:`RegistryError` from ``register`` passes through; any other exception
+    is the plugin's own bug and becomes a RegistryError naming it (``describe(exc)`` its text)."""
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        owner = describe_plugin(pm, impl.plugin)
+        try:
+            impl.function(register=make_register(owner))
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"plugin {owner} failed in {hook_name}: {describe(exc)}") from exc
+
+
 def build_registry(pm) -> Registry:
     """Call every ``register_*`` hook of ``pm`` and collect the classes; duplicates are errors."""
     registry = Registry()
     for kind, hook_name in REGISTER_HOOKS.items():
-        hook = getattr(pm.hook, hook_name)
-        for impl in hook.get_hookimpls():
-            owner = describe_plugin(pm, impl.plugin)
 
-            def register(cls: type, _kind: str = kind, _owner: str = owner) -> None:
-                registry.add(_kind, cls, _owner)
+        def make_register(owner: str, _kind: str = kind):
+            return lambda cls: registry.add(_kind, cls, owner)
 
-            try:
-                impl.function(register=register)
-            except RegistryError:
-                raise
-            except Exception as exc:  # a plugin's own bug: name it
-                raise RegistryError(f"plugin {owner} failed in {hook_name}: {exc}") from exc
+        call_discovery_hook(pm, hook_name, make_register)
     return registry
 
 

@@ -72,28 +72,23 @@ def collect_scorers(pm) -> tuple[dict[str, type], dict[str, str]]:
     A malformed class, a name registered twice (the message names both plugins) or a plugin
     raising in its hook (the message names it) is a :class:`tokenflow.registry.RegistryError`.
     """
-    from .registry import RegistryError, describe_plugin
+    from .registry import RegistryError, call_discovery_hook
 
     found: dict[str, type] = {}
     owners: dict[str, str] = {}
-    for impl in pm.hook.register_scorers.get_hookimpls():
-        owner = describe_plugin(pm, impl.plugin)
 
-        def register(cls: type, _owner: str = owner) -> None:
-            _check_class(cls, _owner)
+    def make_register(owner: str):
+        def register(cls: type) -> None:
+            _check_class(cls, owner)
             if cls.name in found:
                 raise RegistryError(f"scorer {cls.name!r} is registered twice: by "
-                                    f"{owners[cls.name]} and by {_owner}")
+                                    f"{owners[cls.name]} and by {owner}")
             found[cls.name] = cls
-            owners[cls.name] = _owner
+            owners[cls.name] = owner
 
-        try:
-            impl.function(register=register)
-        except RegistryError:
-            raise
-        except Exception as exc:  # a plugin's own bug: name it
-            raise RegistryError(f"plugin {owner} failed in register_scorers: {_one_line(exc)}"
-                                ) from exc
+        return register
+
+    call_discovery_hook(pm, "register_scorers", make_register, describe=_one_line)
     return found, owners
 
 
