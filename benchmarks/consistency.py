@@ -5,10 +5,10 @@
 
 For each example clip (examples/README.md: its source caption and a target prompt), runs each
 method on the embedded model through one shared stage cache and measures it against the source
-with tokenflow.metrics (optical flow of the SOURCE, OpenCV DIS): warp error t -> t+1 and
+with tokenflow.eval.metrics (optical flow of the SOURCE, OpenCV DIS): warp error t -> t+1 and
 t -> t+4 over non-occluded pixels, flicker ratio (edit's frame-to-frame change over the
 source's), structure (flow endpoint error, edge F1) and fidelity (the `attribute` scorer: the
-prompt's colour on the object, tokenflow.world's rules). Prints one Markdown table per clip and
+prompt's colour on the object, tokenflow.embedded.world's rules). Prints one Markdown table per clip and
 a summary of TokenFlow (`pnp`) against per-frame PnP (`pnp-frames`).
 """
 
@@ -46,7 +46,7 @@ def main() -> None:
 
     import torch
 
-    from tokenflow.compare import (
+    from tokenflow.eval.compare import (
         TABLE_METRICS,
         evaluate_edit,
         markdown,
@@ -55,9 +55,9 @@ def main() -> None:
         table_rows,
     )
     from tokenflow.manager import make_plugin_manager
-    from tokenflow.metrics import video_flows
+    from tokenflow.eval.metrics import video_flows
     from tokenflow.models import load_model
-    from tokenflow.scorers import make_scorers
+    from tokenflow.eval.scoring import make_scorers
     from tokenflow.stages import RunConfig
     from tokenflow.video import read_video, resize_frames
 

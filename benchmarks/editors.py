@@ -7,7 +7,7 @@ Runs every editor on the same clip, prompt and shared stage cache (inversion, fe
 keyframes and correspondences are computed once), then prints one table row per editor:
 
 * mean |edit - pnp| and mean |edit - source| over all pixels (0-255 scale);
-* colour: fraction of frames whose object has the colour the prompt names (tokenflow.world rules);
+* colour: fraction of frames whose object has the colour the prompt names (tokenflow.embedded.world rules);
 * IoU: median object-mask IoU against the source frame (the layout is kept);
 * background: fraction of frames whose background is still the source's kind;
 * flicker: mean |frame t+1 - frame t| of the edit minus that of the source (0 = as steady as
@@ -80,10 +80,10 @@ def main() -> None:
 
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
-    from tokenflow.pipeline import build_job
+    from tokenflow.plan import build_job
     from tokenflow.stages import RunConfig
     from tokenflow.video import read_video, resize_frames
-    from tokenflow.world import (
+    from tokenflow.embedded.world import (
         COLOURS,
         background_kind,
         mask_iou,
@@ -139,7 +139,7 @@ def main() -> None:
         print(f"| {label} | {diff_pnp:.2f} | {diff_src:.2f} | {colour:.0%} | {iou:.3f} | "
               f"{kept:.0%} | {flicker:+.2f} | {timing} |")
         rows.append((label, out))
-    from tokenflow.figures import contact_sheet, write_png
+    from tokenflow.eval.figures import contact_sheet, write_png
 
     write_png(args.sheet, contact_sheet([("source", frames), *rows], 6))
     print(f"contact sheet: {args.sheet}")

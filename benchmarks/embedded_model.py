@@ -10,7 +10,7 @@
   `tf run --editor pnp-frames`; fraction whose object colour becomes c', and fraction whose object
   mask keeps IoU >= 0.8 with the source's.
 
-Scenes come from tokenflow.world with seeds the training never used.
+Scenes come from tokenflow.embedded.world with seeds the training never used.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tokenflow.diffusion import psnr, regenerate
+from tokenflow.editing.diffusion import psnr, regenerate
 from tokenflow.models import load_model
-from tokenflow.world import (
+from tokenflow.embedded.world import (
     BACKGROUNDS,
     COLOURS,
     background_kind,

@@ -30,7 +30,7 @@ def main() -> None:
     clip = ROOT / "examples" / "clips" / "ball.mp4"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        from tokenflow.models import save_tiny_model
+        from tokenflow.testing.tiny import save_tiny_model
 
         model = save_tiny_model(tmp / "model", "sd15", seed=0)
         base = [str(clip), "--model", str(model), "--frames", str(args.frames),

@@ -4,7 +4,7 @@
 
 For each clip length: a cold run (every stage computed, empty cache), then the same clip with a
 second prompt (only the editor and the blender are recomputed). Each run is its own `tf`
-process; the clip is tokenflow.world's rolling ball (examples/make_clips.py) at that length,
+process; the clip is tokenflow.embedded.world's rolling ball (examples/make_clips.py) at that length,
 64x64 (the model's native size). Prints one Markdown table.
 """
 

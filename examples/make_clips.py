@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tokenflow.video import write_video
-from tokenflow.world import Scene, Thing, render
+from tokenflow.embedded.world import Scene, Thing, render
 
 HERE = Path(__file__).resolve().parent / "clips"
 HEIGHT, WIDTH = 128, 128  # the world measures positions in units of the short side

@@ -1,4 +1,4 @@
-"""Clips whose true motion is known exactly, to check the metrics of ``tokenflow.metrics``.
+"""Clips whose true motion is known exactly, to check the metrics of ``tokenflow.eval.metrics``.
 
     python examples/motion_clips.py [--out examples/motion] [--long-range 4] [--measure]
 
@@ -9,7 +9,7 @@ a procedural texture (smooth multi-scale colour noise, float32, sampled bilinear
 * ``translate``: the texture moves by a constant sub-pixel velocity;
 * ``rotate``: the texture turns about the frame centre by a fixed angle per frame;
 * ``zoom``: the texture is magnified about the frame centre by a fixed factor per frame;
-* ``occlusion``: a red ball from ``tokenflow.world`` moves across a textured background that
+* ``occlusion``: a red ball from ``tokenflow.embedded.world`` moves across a textured background that
   itself pans, covering and uncovering it.
 
 Because frame ``t`` shows texture point ``q = A_t p`` at pixel ``p``, the point seen at ``p`` in
@@ -17,15 +17,15 @@ frame ``t`` is at ``A_s^-1 A_t p`` in frame ``s``: :func:`true_flow` is exact fo
 ``occlusion`` the ball's pixels (its warped coverage >= 0.5) follow the ball instead. A true flow
 says where a pixel's *surface point* goes, whether or not it is visible there; occlusions (and
 pixels leaving the frame) are left to the forward-backward test of
-:func:`tokenflow.metrics.valid_mask` applied to the true flows in both directions
-(:func:`tokenflow.metrics.true_flows`).
+:func:`tokenflow.eval.metrics.valid_mask` applied to the true flows in both directions
+(:func:`tokenflow.eval.metrics.true_flows`).
 
 For each clip ``NAME`` the output folder gets ``NAME.mp4`` (H.264, lossy: for viewing and for
 ``tf run``), ``NAME/00000.png ...`` (the exact frames; ``tf`` reads frame folders too) and
 ``NAME.flow.npz``: arrays ``pairs`` (P, 2) int32, ``flows`` (P, H, W, 2) float32 (the flow
 ``t -> s`` for every pair ``(t, s)``: consecutive and ``long_range`` apart, both directions) and
-``params`` (the clip's parameters as JSON text), written by ``tokenflow.metrics.save_true_flow``.
-Load it with :func:`load_true_flow` (``tokenflow.metrics.load_true_flow``, re-exported here; no
+``params`` (the clip's parameters as JSON text), written by ``tokenflow.eval.metrics.save_true_flow``.
+Load it with :func:`load_true_flow` (``tokenflow.eval.metrics.load_true_flow``, re-exported here; no
 pickle) and :func:`load_clip_params`; ``tf eval --true-flow NAME.flow.npz`` uses it too.
 The files are generated, not tracked (``/examples/motion/`` is in .gitignore).
 """
@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tokenflow.metrics import (
+from tokenflow.eval.metrics import (
     flow_epe,
     load_true_flow,
     save_true_flow,
@@ -51,7 +51,7 @@ from tokenflow.metrics import (
     warp_error,
 )
 from tokenflow.video import write_frames, write_video
-from tokenflow.world import COLOURS, Scene, Thing, render
+from tokenflow.embedded.world import COLOURS, Scene, Thing, render
 
 __all__ = ["CLIPS", "KINDS", "MotionClip", "flow_pairs", "load_clip_params", "load_true_flow", "measure",
            "object_mask", "render_clip", "render_frame", "save_clip", "texture", "true_flow"]
@@ -233,7 +233,7 @@ def true_flow(clip: MotionClip, t: int, s: int) -> np.ndarray:
 
     Background/texture pixels follow ``A_s^-1 A_t``; in "occlusion" the ball's pixels of frame
     ``t`` follow the ball. Occlusion is not marked here: apply the forward-backward test to the
-    true flows in both directions (``tokenflow.metrics.true_flows``).
+    true flows in both directions (``tokenflow.eval.metrics.true_flows``).
     """
     m = np.linalg.inv(frame_to_texture(clip, s)) @ frame_to_texture(clip, t)
     ys, xs = np.mgrid[0:clip.height, 0:clip.width].astype(np.float64)

@@ -17,11 +17,22 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from tokenflow_plugins.pnp import PnPEditor, PnPParams
-from tokenflow_plugins.sdedit import check_strength, sdedit_first_step
 
-from tokenflow import EDITOR, StageError, hookimpl
-from tokenflow.loop import EditRun, EditStep, start_latents
+from tokenflow import (
+    EditRun,
+    EditStep,
+    Injection,
+    KeyframeEditor,
+    ModelError,
+    PnPParams,
+    StageError,
+    check_strength,
+    controlnet_key,
+    get_extractor,
+    hookimpl,
+    load_controlnet,
+    strength_first_step,
+)
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,7 @@ class ControlNetParams(PnPParams):
             raise ValueError("control_scale must be >= 0")
 
 
-class ControlNetEditor(PnPEditor):
-    kind = EDITOR
+class ControlNetEditor(KeyframeEditor):
     name = "controlnet"
     version = 1
     Params = ControlNetParams
@@ -58,9 +68,6 @@ class ControlNetEditor(PnPEditor):
 
     def key_inputs(self, pm, model) -> dict:
         """The ControlNet weights' content and the extractor's version are inputs of the output."""
-        from tokenflow.controls import get_extractor
-        from tokenflow.models import ModelError, controlnet_key
-
         if not self.params.controlnet:
             raise StageError("the controlnet editor needs -o controlnet DIR_OR_HUB_ID")
         extractor = get_extractor(pm, self.params.control)
@@ -71,29 +78,16 @@ class ControlNetEditor(PnPEditor):
         return {"controlnet": key, "control": [extractor.name, extractor.version]}
 
     def upstream_params(self, config) -> dict:
-        return {} if self.sdedit else super().upstream_params(config)
+        return {} if self.sdedit else self.params.feature_needs()
 
-    def conv_layers(self, run: EditRun) -> tuple[str, ...]:
-        return () if self.sdedit else self.params.conv_layers
-
-    def qk_steps(self, steps: int) -> int:
-        return 0 if self.sdedit else super().qk_steps(steps)
-
-    def conv_steps(self, steps: int) -> int:
-        return 0 if self.sdedit else super().conv_steps(steps)
+    def injection(self, steps: int) -> Injection:
+        return Injection() if self.sdedit else Injection.pnp(self.params, steps)
 
     def first_step(self, run: EditRun) -> int:
-        return sdedit_first_step(run, self.params.strength, self.name) if self.sdedit else 0
+        return strength_first_step(run, self.params.strength, self.name) if self.sdedit else 0
 
     def start(self, run: EditRun) -> dict:
-        from tokenflow.controls import get_extractor
-        from tokenflow.models import ModelError, load_controlnet
-
-        if self.sdedit:
-            text = run.model.encode_prompts([self.params.negative_prompt, self.params.prompt])
-            state = {"text": text, "qk_layers": []}
-        else:
-            state = super().start(run)
+        state = super().start(run)
         extractor = get_extractor(run.ctx.pm, self.params.control)
         try:
             net = load_controlnet(self.params.controlnet, run.model)
@@ -104,9 +98,6 @@ class ControlNetEditor(PnPEditor):
         state["controlnet"] = net
         state["control"] = control.to(run.model.device, run.model.dtype)
         return state
-
-    def initial_latents(self, run: EditRun) -> torch.Tensor:
-        return start_latents(run, run.timesteps[self.first_step(run)])
 
     def unet_extra(self, step: EditStep, frames: list[int]):
         run = step.run

@@ -1,4 +1,4 @@
-"""Inversion stage ``ddim``: deterministic DDIM inversion of every frame (ALGORITHM.md section 1)."""
+"""Inversion stage ``ddim``: deterministic DDIM inversion of every frame (docs/algorithm.md section 1)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokenflow import INVERSION, Params, StageBase, StageContext, StageError, hookimpl
-from tokenflow.cache.store import create_array, write_coord
-from tokenflow.diffusion import ddim_scheduler, editing_grid, to_epsilon
-from tokenflow.stages import FRAME, LATENT_DIMS, TIMESTEP
+from tokenflow import (
+    FRAME,
+    INVERSION,
+    LATENT_DIMS,
+    TIMESTEP,
+    Params,
+    StageBase,
+    StageContext,
+    StageError,
+    create_array,
+    ddim_scheduler,
+    editing_grid,
+    hookimpl,
+    to_epsilon,
+    write_coord,
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Correspondence stage ``nn``: nearest-neighbour token fields (ALGORITHM.md section 5).
+"""Correspondence stage ``nn``: nearest-neighbour token fields (docs/algorithm.md section 5).
 
 For every timestep, self-attention layer and frame: the reference keyframes of the frame, and for
 each of its tokens the most similar token (cosine similarity of the source-branch norm1 tokens)
@@ -17,17 +17,22 @@ import torch.nn.functional as F
 from tokenflow import (
     CORRESPONDENCE,
     FEATURES,
+    FRAME,
     INVERSION,
     KEYFRAMES,
+    LAYER,
+    REF,
+    TIMESTEP,
+    TOKEN,
+    FeatureReader,
     Params,
+    SourcePass,
     StageBase,
     StageContext,
+    create_array,
     hookimpl,
+    write_coord,
 )
-from tokenflow.cache.store import create_array, write_coord
-from tokenflow.layouts import FeatureReader
-from tokenflow.source import SourcePass
-from tokenflow.stages import FRAME, LAYER, REF, TIMESTEP, TOKEN
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ class NNCorrespondence(StageBase):
     summary = "nearest-neighbour token fields of the source video to the reference keyframes"
 
     def estimate_bytes(self, ctx: StageContext) -> int:
-        from tokenflow.layouts import layer_shapes
+        from tokenflow import layer_shapes
 
         n, h, w = ctx.frames.shape[:3]
         f = ctx.model.vae_scale_factor

@@ -1,4 +1,4 @@
-"""Keyframe sampler ``random``: one uniform draw per chunk per timestep (ALGORITHM.md section 3).
+"""Keyframe sampler ``random``: one uniform draw per chunk per timestep (docs/algorithm.md section 3).
 
 Same draws as the released TokenFlow code for a seed: a generator seeded once, then per
 timestep ``randint(B, (K,)) + arange(0, N, B)``; a last, shorter chunk of length L takes its
@@ -12,10 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokenflow import INVERSION, KEYFRAMES, Params, StageBase, StageContext, hookimpl
-from tokenflow.cache.store import create_array, write_coord
-from tokenflow.layouts import read_timesteps
-from tokenflow.stages import CHUNK, TIMESTEP
+from tokenflow import (
+    CHUNK,
+    INVERSION,
+    KEYFRAMES,
+    TIMESTEP,
+    Params,
+    StageBase,
+    StageContext,
+    create_array,
+    hookimpl,
+    read_timesteps,
+    write_coord,
+)
 
 
 @dataclass(frozen=True)

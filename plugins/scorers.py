@@ -2,7 +2,7 @@
 prompt (``tf eval``).
 
 * ``attribute`` and ``attribute-background`` read the embedded model's world
-  (:mod:`tokenflow.world`) without any learned model: per frame, 1.0 if the object has the colour
+  (:mod:`tokenflow.embedded.world`) without any learned model: per frame, 1.0 if the object has the colour
   the prompt names (``object_colour`` of the saturated pixels), respectively if the background is
   the one the prompt names (``background_kind``), else 0.0. The world has no rule that reads a
   texture back from an image, so ``striped``/``dotted`` in the prompt are not checked. They can
@@ -21,33 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenflow import StageError, hookimpl
-from tokenflow.world import (
-    BACKGROUNDS,
-    COLOURS,
-    TEXTURES,
-    background_kind,
-    object_colour,
-    object_mask,
-)
+from tokenflow import StageError, hookimpl, world
 
 _WORDS = re.compile(r"[a-z]+")
 
 
 def prompt_colours(prompt: str) -> list[str]:
     """The world colours the prompt names, once each, in order."""
-    return list(dict.fromkeys(w for w in _WORDS.findall(prompt.lower()) if w in COLOURS))
+    return list(dict.fromkeys(w for w in _WORDS.findall(prompt.lower()) if w in world.COLOURS))
 
 
 def prompt_backgrounds(prompt: str) -> list[str]:
     """The world backgrounds the prompt names (whole phrases: ``checkered floor``, ``sky``)."""
     text = " ".join(_WORDS.findall(prompt.lower()))
-    return [bg for bg in BACKGROUNDS if re.search(rf"\b{re.escape(bg)}\b", text)]
+    return [bg for bg in world.BACKGROUNDS if re.search(rf"\b{re.escape(bg)}\b", text)]
 
 
 def prompt_textures(prompt: str) -> list[str]:
     words = set(_WORDS.findall(prompt.lower()))
-    return [t for t in TEXTURES if t != "plain" and t in words]
+    return [t for t in world.TEXTURES if t != "plain" and t in words]
 
 
 # --------------------------------------------------------------------------------------------- world
@@ -55,7 +47,7 @@ def prompt_textures(prompt: str) -> list[str]:
 
 class AttributeScorer:
     """1.0 for a frame whose object has the colour the prompt names, else 0.0 (also when the
-    frame shows no object). Colour only: :mod:`tokenflow.world` has no texture rule."""
+    frame shows no object). Colour only: :mod:`tokenflow.embedded.world` has no texture rule."""
 
     name = "attribute"
     version = 1
@@ -68,7 +60,7 @@ class AttributeScorer:
             return None
         colours = prompt_colours(prompt)
         if not colours:
-            return f"the prompt names no object colour of the world ({', '.join(COLOURS)})"
+            return f"the prompt names no object colour of the world ({', '.join(world.COLOURS)})"
         if len(colours) > 1:
             return (f"the prompt names several colours ({', '.join(colours)}); "
                     "attribute checks the colour of one object")
@@ -83,11 +75,11 @@ class AttributeScorer:
         if reason is not None:
             raise StageError(reason)
         (target,) = prompt_colours(prompt)
-        return np.array([float(object_colour(f, object_mask(f)) == target) for f in frames])
+        return np.array([float(world.object_colour(f, world.object_mask(f)) == target) for f in frames])
 
 
 class BackgroundScorer:
-    """1.0 for a frame whose background (``tokenflow.world.background_kind``) is the one the
+    """1.0 for a frame whose background (``tokenflow.embedded.world.background_kind``) is the one the
     prompt names, else 0.0."""
 
     name = "attribute-background"
@@ -100,7 +92,7 @@ class BackgroundScorer:
             return None
         backgrounds = prompt_backgrounds(prompt)
         if not backgrounds:
-            return f"the prompt names no background of the world ({', '.join(BACKGROUNDS)})"
+            return f"the prompt names no background of the world ({', '.join(world.BACKGROUNDS)})"
         if len(backgrounds) > 1:
             return f"the prompt names several backgrounds ({', '.join(backgrounds)})"
         return None
@@ -114,7 +106,7 @@ class BackgroundScorer:
         if reason is not None:
             raise StageError(reason)
         (target,) = prompt_backgrounds(prompt)
-        return np.array([float(background_kind(f, object_mask(f)) == target) for f in frames])
+        return np.array([float(world.background_kind(f, world.object_mask(f)) == target) for f in frames])
 
 
 # --------------------------------------------------------------------------------------------- clip

@@ -1,4 +1,4 @@
-"""Blender ``tokenflow``: propagate the keyframes' edited tokens to every frame (ALGORITHM.md 6).
+"""Blender ``tokenflow``: propagate the keyframes' edited tokens to every frame (docs/algorithm.md section 6).
 
 Per timestep, one UNet call per chunk in which every self-attention layer returns, in each
 branch, the keyframe outputs gathered through the correspondences and blended:
@@ -13,8 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tokenflow import BLENDER, CORRESPONDENCE, Params, StageBase, StageError, hookimpl
-from tokenflow.loop import EditStep
+from tokenflow import BLENDER, CORRESPONDENCE, EditStep, Params, StageBase, StageError, hookimpl
 
 
 @dataclass(frozen=True)

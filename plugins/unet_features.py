@@ -1,4 +1,4 @@
-"""Feature-store stage ``unet``: the source branch's tokens and conv residuals (ALGORITHM.md 2).
+"""Feature-store stage ``unet``: the source branch's tokens and conv residuals (docs/algorithm.md section 2).
 
 For every frame and editing timestep the UNet runs on the inverted latents with the inversion
 prompt; every self-attention layer's input tokens (the block's norm1 output) are stored, and the
@@ -15,12 +15,29 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tokenflow import FEATURES, INVERSION, Params, StageBase, StageContext, StageError, hookimpl
-from tokenflow.attention import self_attention_layers
-from tokenflow.cache.store import create_array, write_coord
-from tokenflow.layouts import TOKEN_DIMS, group_name, layer_shapes
-from tokenflow.source import SourcePass
-from tokenflow.stages import CHANNEL, FRAME, HEIGHT, LAYER, TIMESTEP, TOKEN, WIDTH
+from tokenflow import (
+    CHANNEL,
+    FEATURES,
+    FRAME,
+    HEIGHT,
+    INVERSION,
+    LAYER,
+    TIMESTEP,
+    TOKEN,
+    TOKEN_DIMS,
+    WIDTH,
+    Params,
+    SourcePass,
+    StageBase,
+    StageContext,
+    StageError,
+    create_array,
+    group_name,
+    hookimpl,
+    layer_shapes,
+    self_attention_layers,
+    write_coord,
+)
 
 
 @dataclass(frozen=True)

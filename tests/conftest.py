@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random SD-1.5-shaped diffusers checkpoint (safetensors), saved once per test session."""
-    from tokenflow.models import save_tiny_model
+    from tokenflow.testing.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-sd15") / "model")
 

@@ -1,6 +1,6 @@
-"""Tests for tokenflow.attention: the TokenFlow self-attention processor, extended attention, PnP
+"""Tests for tokenflow.editing.attention: the TokenFlow self-attention processor, extended attention, PnP
 injection, record/keep/provide, the conv hook, the install/restore context manager, and
-tokenflow.layouts.layer_shapes against a real forward pass (ALGORITHM.md sections 2, 4, 6)."""
+tokenflow.cache.layouts.layer_shapes against a real forward pass (docs/algorithm.md sections 2, 4, 6)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 
-from tokenflow.attention import (
+from tokenflow.editing.attention import (
     AttentionState,
     ConvHook,
     TokenFlowAttnProcessor,
@@ -19,7 +19,7 @@ from tokenflow.attention import (
     self_attention_layers,
     tokenflow_attention,
 )
-from tokenflow.layouts import layer_shapes
+from tokenflow.cache.layouts import layer_shapes
 
 LAYER = "blk.attn1"
 HEADS, DIM_HEAD, QUERY_DIM = 2, 4, 8
@@ -303,7 +303,7 @@ def test_conv_hook_replaces_residual_keeps_shortcut(resnet):
 
 @pytest.fixture(scope="module")
 def unet():
-    from tokenflow.models import build_tiny_model
+    from tokenflow.testing.tiny import build_tiny_model
 
     return build_tiny_model()["unet"].eval()
 

@@ -159,7 +159,7 @@ def _sdxl_index(model: Path) -> None:
 
 
 def _v_prediction(tmp: Path) -> Path:
-    from tokenflow.models import save_tiny_model
+    from tokenflow.testing.tiny import save_tiny_model
 
     return save_tiny_model(tmp / "v-model", "sd15", seed=3, prediction_type="v_prediction")
 

@@ -1,4 +1,4 @@
-"""Tests for the ``tokenflow`` blender's weights and token gathering (ALGORITHM.md section 6)."""
+"""Tests for the ``tokenflow`` blender's weights and token gathering (docs/algorithm.md section 6)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from click.testing import CliRunner
 from tokenflow.cache.keys import canonical_json, stage_key
 from tokenflow.cache.store import META, StageCache, create_array, dir_size, safe_name
 from tokenflow.cli import cli
-from tokenflow.stages import KINDS, Params, RunConfig
+from tokenflow.params import Params
+from tokenflow.stages import KINDS, RunConfig
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import write_frames
 
@@ -314,7 +315,7 @@ def _env(root: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> World:
-    from tokenflow.models import save_tiny_model
+    from tokenflow.testing.tiny import save_tiny_model
 
     root = tmp_path_factory.mktemp("cache-cli")
     write_frames(root / "clip", synthetic_frames())
@@ -401,7 +402,7 @@ def test_paths_and_device_are_not_hashed(world: World, baseline: Baseline) -> No
 
 def _plan(**kw):
     from tokenflow.manager import make_plugin_manager
-    from tokenflow.pipeline import plan
+    from tokenflow.plan import plan
     from tokenflow.registry import build_registry
 
     config = RunConfig(steps=STEPS, batch_size=BATCH)
@@ -445,7 +446,7 @@ def test_pnp_f_t_imposes_conv_t_on_the_feature_store(world: World, baseline: Bas
 
 
 def test_contradicting_an_imposed_parameter_is_an_error() -> None:
-    from tokenflow.stages import ParamError
+    from tokenflow.params import ParamError
 
     with pytest.raises(ParamError, match="contradicts"):
         _plan(options=[("pnp_f_t", "0.6"), ("conv_t", "0.5")])

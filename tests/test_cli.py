@@ -20,7 +20,8 @@ from PIL import Image
 import tokenflow
 from tokenflow.cache.store import StageCache
 from tokenflow.cli import cli
-from tokenflow.stages import KINDS, param_fields
+from tokenflow.params import param_fields
+from tokenflow.stages import KINDS
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import read_video, write_frames
 
@@ -111,7 +112,7 @@ def test_frame_pngs_equal_the_cached_blender_frames(world: World) -> None:
 
 
 def test_run_json_records_the_run(world: World) -> None:
-    from tokenflow.pipeline import DEFAULT_STAGES
+    from tokenflow.plan import DEFAULT_STAGES
 
     doc = world.doc
     assert doc["tokenflow_version"] == tokenflow.__version__ == "0.1.0"
@@ -406,7 +407,7 @@ def test_bad_device_is_a_one_line_error(world: World, tmp_path: Path, device: st
 
 def test_sd21_layout_with_v_prediction_runs_end_to_end(world: World, tmp_path: Path) -> None:
     """SD 2.x shape (linear proj_in, per-block head dims) and a v-prediction scheduler."""
-    from tokenflow.models import save_tiny_model
+    from tokenflow.testing.tiny import save_tiny_model
 
     model = save_tiny_model(tmp_path / "sd21v", "sd21", seed=5, prediction_type="v_prediction")
     out = tmp_path / "out"

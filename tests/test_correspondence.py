@@ -1,4 +1,4 @@
-"""Tests for the ``nn`` correspondence helpers (ALGORITHM.md section 5)."""
+"""Tests for the ``nn`` correspondence helpers (docs/algorithm.md section 5)."""
 
 from __future__ import annotations
 

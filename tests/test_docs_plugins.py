@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from tokenflow_plugins.pnp import PnPEditor
 
-from tokenflow import EDITOR, KINDS, RunConfig
-from tokenflow.pipeline import build_job
+from tokenflow import EDITOR, KINDS, RunConfig, StageBase
+from tokenflow.plan import build_job
 from tokenflow.testing import synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +96,7 @@ def test_the_tutorial_is_a_complete_package(tutorial: Path) -> None:
             compile(text, rel, "exec")
     text = DOCS.read_text()
     assert f"tf install -e ./{PACKAGE}" in text and f"tf uninstall {PACKAGE}" in text
-    assert "--editor pnp-region -o pnp-region.keep_left 0.5" in text
+    assert "--editor region -o region.keep_left 0.5" in text
 
 
 # --------------------------------------------------------------------------------------------- (a) the editor
@@ -114,8 +113,8 @@ def editor_module(tutorial: Path, monkeypatch: pytest.MonkeyPatch):
             del sys.modules[name]
 
 
-def _job(pm, model, frames, cache, editor: str, keep_left: str | None = None):
-    options = [("pnp-region.keep_left", keep_left)] if keep_left is not None else []
+def _job(pm, model, frames, cache, editor: str, keep_left: str | None = None, options=()):
+    options = [*options, *([("region.keep_left", keep_left)] if keep_left is not None else [])]
     return build_job(pm, model, frames, RunConfig(steps=STEPS, batch_size=BATCH), cache=cache,
                      choices={EDITOR: editor},
                      params={"inversion": {"inversion_steps": STEPS},
@@ -131,11 +130,11 @@ def test_the_tutorial_editor_keeps_the_source_on_the_left(editor_module, tf_regi
                                                           tf_plugin_manager, tf_tiny_model,
                                                           tf_cache) -> None:
     registry = tf_register(editor_module)
-    assert registry.get(EDITOR, "pnp-region") is editor_module.RegionEditor
-    assert registry.owner(EDITOR, "pnp-region") == MODULE
+    assert registry.get(EDITOR, "region") is editor_module.RegionEditor
+    assert registry.owner(EDITOR, "region") == MODULE
     frames = synthetic_frames(8, height=64, width=64)
 
-    job = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "pnp-region", "0.5")
+    job = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "region", "0.5")
     assert job.stages[EDITOR].params.keep_left == 0.5
     results = job.run()
     source = _array(tf_cache, results["inversion"], "latents")  # (steps, N, c, h, w)
@@ -151,9 +150,13 @@ def test_the_tutorial_editor_keeps_the_source_on_the_left(editor_module, tf_regi
     assert not np.allclose(edited[-1][..., kept:], x0[..., kept:], atol=1e-3)
     assert _array(tf_cache, results["blender"], "frames").shape == (8, 64, 64, 3)
 
-    # keep_left 0 is exactly pnp, on the same upstream stores
-    pnp = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "pnp")
-    none_kept = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "pnp-region", "0")
+    # written from scratch, not on a built-in editor; and keep_left 0 is exactly the built-in
+    # sdedit at strength 1 (a joint keyframe edit from the inverted noise, propagated), on the
+    # same upstream stores
+    assert editor_module.RegionEditor.__mro__[1:] == (StageBase, object)
+    pnp = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "sdedit",
+               options=[("editor.strength", "1.0")])
+    none_kept = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "region", "0")
     upstream = [k for k in KINDS if k not in (EDITOR, "blender")]
     assert all(pnp.keys[k] == none_kept.keys[k] == job.keys[k] for k in upstream)
     assert none_kept.pending() == [EDITOR, "blender"]
@@ -163,11 +166,9 @@ def test_the_tutorial_editor_keeps_the_source_on_the_left(editor_module, tf_regi
     np.testing.assert_array_equal(_array(tf_cache, a["blender"], "frames"),
                                   _array(tf_cache, b["blender"], "frames"))
 
-    # the key follows keep_left and PnP's version (key_inputs), and nothing upstream
-    quarter = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "pnp-region", "0.25")
+    # the key follows keep_left, and nothing upstream
+    quarter = _job(tf_plugin_manager, tf_tiny_model, frames, tf_cache, "region", "0.25")
     assert {k for k in KINDS if quarter.keys[k] != job.keys[k]} == {EDITOR, "blender"}
-    assert job.stages[EDITOR].key_inputs(tf_plugin_manager, tf_tiny_model) == {
-        "pnp_version": PnPEditor.version}
 
 
 # --------------------------------------------------------------------------------------------- (b) its tests
@@ -234,7 +235,7 @@ def editable_install(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_editable_install_is_usable_by_the_next_command(editable_install) -> None:
     stages = editable_install["stages"]
     assert stages.returncode == 0, stages.stderr
-    assert re.search(r"^  pnp-region \(v1, tokenflow_myeditor\.editor \(tokenflow-myeditor "
+    assert re.search(r"^  region \(v1, tokenflow_myeditor\.editor \(tokenflow-myeditor "
                      r"0\.1\.0\)\): ", stages.stdout, re.MULTILINE), stages.stdout
     assert "      keep_left: float = 0.5" in stages.stdout
     assert editable_install["gone"]  # and tf uninstall did remove it
@@ -245,7 +246,7 @@ def test_tf_install_editable_lists_the_new_editor(editable_install) -> None:
     install = editable_install["install"]
     assert install.returncode == 0, install.stderr[-2000:]
     assert ("installed tokenflow-myeditor 0.1.0: plugins tokenflow_myeditor.editor; "
-            "stages: editor pnp-region") in install.stdout
+            "stages: editor region") in install.stdout
 
 
 @pytest.mark.slow

@@ -11,22 +11,19 @@ import torch
 import zarr
 from click.testing import CliRunner
 from tokenflow_plugins.canny_control import canny
-from tokenflow_plugins.sdedit import sdedit_steps
 
-from tokenflow import EDITOR, StageError, hookimpl
+
+from tokenflow import EDITOR, StageError, hookimpl, sdedit_steps
 from tokenflow.cli import cli
-from tokenflow.controls import control_extractors, get_extractor
-from tokenflow.layouts import FeatureReader
-from tokenflow.loop import make_run, start_latents
-from tokenflow.models import (
-    ModelError,
-    controlnet_key,
-    load_controlnet,
-    save_tiny_controlnet,
-)
-from tokenflow.pipeline import build_job
+from tokenflow.editing.controls import control_extractors, get_extractor
+from tokenflow.cache.layouts import FeatureReader
+from tokenflow.editing.loop import make_run, start_latents
+from tokenflow.models import ModelError, controlnet_key, load_controlnet
+from tokenflow.testing.tiny import save_tiny_controlnet
+from tokenflow.plan import build_job
 from tokenflow.registry import RegistryError
-from tokenflow.stages import ParamError, RunConfig
+from tokenflow.params import ParamError
+from tokenflow.stages import RunConfig
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import write_frames
 

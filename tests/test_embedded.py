@@ -1,5 +1,5 @@
 """The shipped embedded model edits an example clip for real: the named colour changes in most
-frames while the object stays where the source has it (measured with tokenflow.world's rules)."""
+frames while the object stays where the source has it (measured with tokenflow.embedded.world's rules)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 from tokenflow.cli import cli
 from tokenflow.models import EMBEDDED_DIR
 from tokenflow.video import read_video
-from tokenflow.world import mask_iou, object_colour, object_mask
+from tokenflow.embedded.world import mask_iou, object_colour, object_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "examples" / "clips" / "ball.mp4"
@@ -75,7 +75,7 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
 
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
-    from tokenflow.pipeline import build_job
+    from tokenflow.plan import build_job
     from tokenflow.stages import RunConfig
     from tokenflow.video import resize_frames
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tokenflow.cli import cli
-from tokenflow.compare import parse_method
+from tokenflow.eval.compare import parse_method
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import read_video, write_frames
 

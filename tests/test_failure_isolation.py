@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from tokenflow_plugins.pnp import PnPEditor
 from tokenflow_plugins.tokenflow_blender import TokenFlowBlender
 
-import tokenflow.cli
+import tokenflow.cli.plugins
 import tokenflow.manager
 from tokenflow import (
     BLENDER,
@@ -42,11 +42,11 @@ from tokenflow import (
 )
 from tokenflow.cache.store import create_array, write_coord
 from tokenflow.cli import cli
-from tokenflow.layouts import read_timesteps
+from tokenflow.cache.layouts import read_timesteps
 from tokenflow.manager import PluginLoadError, make_plugin_manager
 from tokenflow.registry import RegistryError, build_registry
 from tokenflow.stages import CHUNK, TIMESTEP
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import fake_stage, synthetic_frames
 from tokenflow.video import write_frames
 
 BUILTIN_EPS = sorted(ep.name for ep in entry_points(group="tokenflow")
@@ -109,10 +109,7 @@ def _module(name: str, source: str) -> types.ModuleType:
 
 
 def _stage(kind: str, name: str) -> type:
-    method = "edit_step" if kind == EDITOR else "blend_step" if kind == BLENDER else "run"
-    return type(f"Fake{name.title()}", (StageBase,),
-                {"kind": kind, "name": name, "requires": (), "Params": Params,
-                 method: lambda self, *a: None})
+    return fake_stage(kind, name)
 
 
 def _lines(text: str) -> list[str]:
@@ -183,7 +180,7 @@ def test_a_blocked_broken_plugin_is_not_even_imported(broken_ep: FakeEntryPoint)
 def test_a_builtin_plugin_failing_to_import_is_always_an_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     ep = FakeEntryPoint("tokenflow_plugins.lost", FakeDist("tokenflow", "0.1.0"),
-                        error=ImportError("cannot import name 'gone' from 'tokenflow.loop'"))
+                        error=ImportError("cannot import name 'gone' from 'tokenflow.editing.loop'"))
     _add_entry_points(monkeypatch, ep)
     for strict in (False, True):
         with pytest.raises(PluginLoadError, match=r"tokenflow_plugins\.lost .*tokenflow.*'gone'"):
@@ -521,7 +518,7 @@ def no_pip(monkeypatch: pytest.MonkeyPatch) -> list:
         calls.append(args)
         raise AssertionError(f"pip {args} must not run in this test")
 
-    monkeypatch.setattr(tokenflow.cli, "_pip", refuse)
+    monkeypatch.setattr(tokenflow.cli.plugins, "_pip", refuse)
     return calls
 
 

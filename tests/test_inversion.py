@@ -1,5 +1,5 @@
 """Tests for DDIM inversion (tokenflow_plugins.ddim), the timestep grids, prediction types and the
-editing loop's start latents (ALGORITHM.md sections 1 and 7)."""
+editing loop's start latents (docs/algorithm.md sections 1 and 7)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 import torch
 import zarr
 
-from tokenflow.diffusion import editing_grid, to_epsilon
-from tokenflow.loop import EditRun, start_latents
-from tokenflow.models import SD_SCHEDULER_CONFIG, Model, build_tiny_model
+from tokenflow.editing.diffusion import editing_grid, to_epsilon
+from tokenflow.editing.loop import EditRun, start_latents
+from tokenflow.models import SD_SCHEDULER_CONFIG, Model
+from tokenflow.testing.tiny import build_tiny_model
 from tokenflow.stages import RunConfig, StageContext, StageError
 from tokenflow.testing import synthetic_frames
 from tokenflow_plugins.ddim import DDIMInversion, DDIMInversionParams, invert, inversion_grid
@@ -41,7 +42,7 @@ def text(model) -> torch.Tensor:
 
 @torch.no_grad()
 def _reference_inversion(model, x0, text, grid):
-    """ALGORITHM.md section 1, frame by frame, in float64 arithmetic on the latents."""
+    """docs/algorithm.md section 1, frame by frame, in float64 arithmetic on the latents."""
     alphas = model.scheduler.alphas_cumprod.to(torch.float64)
     trajectory = {}
     frames = []

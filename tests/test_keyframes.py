@@ -1,4 +1,4 @@
-"""Tests for the ``random`` keyframe sampler (ALGORITHM.md section 3)."""
+"""Tests for the ``random`` keyframe sampler (docs/algorithm.md section 3)."""
 
 from __future__ import annotations
 

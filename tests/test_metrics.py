@@ -1,4 +1,4 @@
-"""Tests for tokenflow.metrics on constructed videos with known answers, and for the known-motion
+"""Tests for tokenflow.eval.metrics on constructed videos with known answers, and for the known-motion
 clip generator examples/motion_clips.py."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tokenflow.metrics import (
+from tokenflow.eval.metrics import (
     FLOW_METHODS,
     Flows,
     Report,
@@ -32,7 +32,7 @@ from tokenflow.metrics import (
     warp_error,
 )
 from tokenflow.video import VideoError, read_video, resize_frames
-from tokenflow.world import Scene, Thing, render
+from tokenflow.embedded.world import Scene, Thing, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

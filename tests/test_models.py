@@ -11,16 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tokenflow.models import (
-    Model,
-    ModelError,
-    build_tiny_model,
-    default_dtype,
-    load_model,
-    parse_dtype,
-    save_tiny_model,
-    tiny_tokenizer,
-)
+from tokenflow.embedded.tokenizer import tiny_tokenizer
+from tokenflow.models import Model, ModelError, default_dtype, load_model, parse_dtype
+from tokenflow.testing.tiny import build_tiny_model, save_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -118,7 +111,7 @@ def test_load_none_gives_the_embedded_model() -> None:
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
     assert m.defaults.get("inversion.inversion_steps") == 50
-    from tokenflow.train import EMBEDDED_DEFAULTS
+    from tokenflow.embedded.train import EMBEDDED_DEFAULTS
 
     assert m.defaults == EMBEDDED_DEFAULTS  # the shipped suggestions are the recipe's
     # every editor shares one feature store: it keeps what PnP's defaults inject

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tokenflow.manager import make_plugin_manager
-from tokenflow.pipeline import plan
+from tokenflow.plan import plan
 from tokenflow.registry import build_registry
-from tokenflow.stages import ParamError, RunConfig
+from tokenflow.params import ParamError
+from tokenflow.stages import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -33,12 +33,13 @@ from tokenflow import (
 )
 from tokenflow.cache.store import StageCache, create_array, write_coord
 from tokenflow.cli import cli
-from tokenflow.layouts import read_timesteps
+from tokenflow.cache.layouts import read_timesteps
 from tokenflow.manager import PluginLoadError, make_plugin_manager
-from tokenflow.pipeline import Job, build_job
+from tokenflow.plan import build_job
+from tokenflow.run import Job
 from tokenflow.registry import REGISTER_HOOKS, RegistryError, build_registry
 from tokenflow.stages import CHUNK, TIMESTEP
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import fake_stage, synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -118,11 +119,8 @@ def test_hookspecs_have_docstrings_and_firstresult_only_on_run_stage() -> None:
 
 
 def _stage(kind: str, name: str, **attrs) -> type:
-    """A minimal stage class of ``kind`` (with the method the registry checks for)."""
-    method = "edit_step" if kind == EDITOR else "blend_step" if kind == BLENDER else "run"
-    body = {"kind": kind, "name": name, "version": 1, "requires": (), "Params": Params,
-            method: lambda self, *a: None, **attrs}
-    return type(f"T{kind.title()}{name.title().replace('-', '')}", (StageBase,), body)
+    """A minimal stage class of ``kind`` (every member of its protocol)."""
+    return fake_stage(kind, name, **attrs)
 
 
 def _plugin(hook_name: str, *classes: type):
@@ -204,7 +202,7 @@ def test_stage_under_the_wrong_hook_is_rejected(tf_register) -> None:
     "cls, match",
     [
         (type("NoName", (StageBase,), {"kind": EDITOR, "edit_step": lambda s, st: None}), "no name"),
-        (_stage(EDITOR, "noop", edit_step=None), "no edit_step"),
+        (_stage(EDITOR, "noop", edit_step=None), r"lacks edit_step\(\), required by the editor protocol"),
         (type("Bare", (), {"kind": EDITOR, "name": "bare"}), "has no 'version'"),
     ],
 )
@@ -392,7 +390,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_job(pm, tiny, frames: np.ndarray, cache_root: Path, choices: dict | None = None) -> Job:
-    """What ``tf run`` builds, through tokenflow.pipeline directly."""
+    """What ``tf run`` builds, through tokenflow.plan directly."""
     config = RunConfig(steps=STEPS, batch_size=BATCH)
     return build_job(pm, tiny, frames, config, cache=cache_root, choices=choices,
                      params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}})

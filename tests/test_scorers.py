@@ -13,8 +13,8 @@ import pytest
 
 from tokenflow import StageError, hookimpl
 from tokenflow.registry import RegistryError
-from tokenflow.scorers import Scorer, collect_scorers, make_scorers, score_all, scorers
-from tokenflow.world import Scene, Thing, render
+from tokenflow.eval.scoring import Scorer, collect_scorers, make_scorers, score_all, scorers
+from tokenflow.embedded.world import Scene, Thing, render
 
 BUILTINS = {"attribute", "attribute-background", "clip"}
 BUILTIN_PLUGIN = "tokenflow_plugins.scorers (tokenflow 0.1.0)"
@@ -191,7 +191,7 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from tokenflow.models import tiny_tokenizer
+    from tokenflow.embedded.tokenizer import tiny_tokenizer
 
     root = tmp_path_factory.mktemp("tiny-clip")
     tokenizer = tiny_tokenizer(root)

@@ -2,7 +2,7 @@
 registered for one test, run through the pipeline on the tiny model, with its effect checked
 downstream; and the cache keys chain (replacing a kind re-keys it and what is downstream only).
 
-The replacements use only tokenflow's public API (the layouts in ``tokenflow.layouts``, the
+The replacements use only tokenflow's public API (the layouts in ``tokenflow.cache.layouts``, the
 cache writers, the loop's ``EditStep``), as a third-party distribution would.
 """
 
@@ -32,14 +32,15 @@ from tokenflow import (
     StageError,
     hookimpl,
 )
-from tokenflow.attention import self_attention_layers
+from tokenflow.editing.attention import self_attention_layers
 from tokenflow.cache.store import create_array, dir_size, write_coord
-from tokenflow.diffusion import editing_grid
-from tokenflow.layouts import group_name, layer_shapes, read_timesteps
-from tokenflow.loop import EditorOutput, EditRun, EditStep
+from tokenflow.editing.diffusion import editing_grid
+from tokenflow.cache.layouts import group_name, layer_shapes, read_timesteps
+from tokenflow.editing.loop import EditorOutput, EditRun, EditStep
 from tokenflow.manager import make_plugin_manager
-from tokenflow.pipeline import DEFAULT_STAGES, Job, build_job
-from tokenflow.source import SourcePass
+from tokenflow.plan import DEFAULT_STAGES, build_job
+from tokenflow.run import Job
+from tokenflow.editing.source import SourcePass
 from tokenflow.stages import (
     CHANNEL,
     CHUNK,

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from tokenflow.models import load_model
-from tokenflow.train import export, load_vae, scene_batch, train_decoder, train_unet, train_vae
+from tokenflow.embedded.train import export, load_vae, scene_batch, train_decoder, train_unet, train_vae
 
 
 def _weights(path):
@@ -24,7 +24,7 @@ def test_scene_batches_are_deterministic() -> None:
 
 
 def test_vae_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
-    import tokenflow.train as train
+    import tokenflow.embedded.train as train
 
     train_vae(tmp_path / "straight", 4, batch=2, every=2)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tokenflow.models import tiny_tokenizer
-from tokenflow.world import (
+from tokenflow.embedded.tokenizer import tiny_tokenizer
+from tokenflow.embedded.world import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from pluggy import HookimplMarker, HookspecMarker
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .stages import Stage, StageContext
+    from tokenflow.stages import Stage, StageContext
 
 hookspec = HookspecMarker("tokenflow")
 hookimpl = HookimplMarker("tokenflow")
@@ -79,9 +79,9 @@ def register_editors(register: Callable[[type], None]) -> None:
 
     :param register: call it once per stage class.
 
-    An editor is called once per timestep by :mod:`tokenflow.loop` through ``edit_step(step)``
+    An editor is called once per timestep by :mod:`tokenflow.editing.loop` through ``edit_step(step)``
     and must return the keyframes' self-attention outputs per transformer block (the tokens the
-    blender propagates). See :class:`tokenflow.loop.EditStep`.
+    blender propagates). See :class:`tokenflow.editing.loop.EditStep`.
     """
 
 
@@ -92,7 +92,7 @@ def register_blenders(register: Callable[[type], None]) -> None:
     :param register: call it once per stage class.
 
     A blender is called once per timestep through ``blend_step(step, edited)`` and returns the
-    next latents of every frame. See :class:`tokenflow.loop.EditStep`.
+    next latents of every frame. See :class:`tokenflow.editing.loop.EditStep`.
     """
 
 
@@ -130,7 +130,7 @@ def register_scorers(register: Callable[[type], None]) -> None:
       docstring states (the built-ins: ``attribute`` 0 or 1, ``clip`` 0 to 100).
     * optionally ``describe() -> str``: the label of its column in ``tf eval``'s table.
 
-    Called by :func:`tokenflow.scorers.scorers` (``tf eval``); a name registered twice is an
+    Called by :func:`tokenflow.eval.scoring.scorers` (``tf eval``); a name registered twice is an
     error naming both plugins.
     """
 
@@ -140,7 +140,7 @@ def register_scorers(register: Callable[[type], None]) -> None:
 
 @hookspec(firstresult=True)
 def run_stage(ctx: StageContext, stage: Stage) -> Any:
-    """Produce the store of ``stage`` for this run; return a :class:`tokenflow.runner.StageResult`.
+    """Produce the store of ``stage`` for this run; return a :class:`tokenflow.StageResult`.
 
     :param ctx: the stage's context; ``ctx.keys[stage.kind]`` is its cache key.
     :param stage: the stage instance (with its ``params``).
@@ -165,7 +165,7 @@ def before_stage(ctx: StageContext, stage: Stage, key: str) -> None:
 def after_stage(ctx: StageContext, stage: Stage, key: str, result: Any) -> None:
     """Called after a stage's store is available (computed or found in the cache).
 
-    :param result: the :class:`tokenflow.runner.StageResult`; ``result.cached`` tells which.
+    :param result: the :class:`tokenflow.StageResult`; ``result.cached`` tells which.
     """
 
 

@@ -8,7 +8,7 @@ import types
 
 import pluggy
 
-from . import hookspecs
+from tokenflow import hookspecs
 
 #: The entry-point group (and pluggy project name) of tokenflow plugins.
 GROUP = "tokenflow"
@@ -47,13 +47,14 @@ def make_plugin_manager(*, load_entry_points: bool = True, environ=None,
     raises :class:`PluginLoadError` with ``strict=True``. A built-in plugin failing to import is
     always an error: the installation is broken.
     """
-    from . import runner
+    from tokenflow.cache.lookup import CacheLookup
+    from tokenflow.run import StageRunner
 
     environ = os.environ if environ is None else environ
     pm = PluginManager()
     pm.add_hookspecs(hookspecs)
-    pm.register(runner.CacheLookup(), name="tokenflow.cache")
-    pm.register(runner.StageRunner(), name="tokenflow.runner")
+    pm.register(CacheLookup(), name="tokenflow.cache")
+    pm.register(StageRunner(), name="tokenflow.runner")
     if load_entry_points:
         allowed = environ.get(LOAD_PLUGINS_ENV)
         allow = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
@@ -118,7 +119,7 @@ def _module_owners(pm: PluginManager, registry=None) -> dict[str, str]:
 def blame(pm: PluginManager, exc: BaseException, registry=None) -> str | None:
     """The plugin whose code raised ``exc`` (innermost traceback frame in a plugin's module),
     described as ``name (distribution version)``, or None if no plugin code is involved."""
-    from .registry import describe_plugin
+    from tokenflow.registry import describe_plugin
 
     owners = _module_owners(pm, registry)
     frames = []

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .cache.keys import _plain
-from .cache.store import safe_name
+from tokenflow import __version__
+from tokenflow.cache.keys import _plain
+from tokenflow.cache.store import safe_name
 
 
 def contact_sheet(*videos: np.ndarray, columns: int = 4) -> np.ndarray:
@@ -65,6 +65,30 @@ def check_output_dir(out: Path, blender_key: str, *, overwrite: bool) -> None:
                               "use --overwrite or another --out")
 
 
+def run_record(job, results, clip, frames: np.ndarray, *, seconds: float) -> dict:
+    """What ``run.json`` holds: every parameter, the model's identity, every stage's key, whether
+    it was cached, timings and UNet evaluation counts."""
+    model = job.base.model
+    return {
+        "tokenflow_version": __version__,
+        "video": str(clip.source),
+        "frames": int(len(frames)),
+        "stride": int(getattr(clip, "stride", 1)),
+        "fps": float(clip.fps),
+        "size": {"width": int(frames.shape[2]), "height": int(frames.shape[1])},
+        "model": {"id": model.model_id, "revision": model.revision, "key": model.key,
+                  "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
+        "config": _plain(job.base.config),
+        "stages": {k: {"name": s.name, "version": s.version, "params": _plain(s.params)}
+                   for k, s in job.stages.items()},
+        "keys": dict(job.keys),
+        "cache": {k: {"path": str(r.path), "cached": r.cached, "seconds": round(r.seconds, 3),
+                      "stats": r.stats} for k, r in results.items()},
+        "seconds": round(seconds, 3),
+        "python": platform.python_version(),
+    }
+
+
 def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrite: bool,
                   seconds: float) -> Path:
     """Write everything into a temporary sibling directory, then move it into place.
@@ -72,7 +96,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
     An existing ``out`` is replaced only with ``overwrite`` or when it holds the output of the
     very same run (same blender key); otherwise :class:`FileExistsError`.
     """
-    from .video import side_by_side, write_frames, write_video
+    from tokenflow.video import side_by_side, write_frames, write_video
 
     check_output_dir(out, job.keys["blender"], overwrite=overwrite)
     edited = np.asarray(job.base.cache.open(results["blender"].path)["frames"][...])
@@ -86,25 +110,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
         write_video(tmp / "side_by_side.mp4", side_by_side(frames, edited), fps)
         write_frames(tmp / "frames", edited)
         _write_png(tmp / "preview.png", contact_sheet(frames, edited))
-        model = job.base.model
-        doc = {
-            "tokenflow_version": __version__,
-            "video": str(clip.source),
-            "frames": int(len(frames)),
-            "stride": int(getattr(clip, "stride", 1)),
-            "fps": fps,
-            "size": {"width": int(frames.shape[2]), "height": int(frames.shape[1])},
-            "model": {"id": model.model_id, "revision": model.revision, "key": model.key,
-                      "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
-            "config": _plain(job.base.config),
-            "stages": {k: {"name": s.name, "version": s.version, "params": _plain(s.params)}
-                       for k, s in job.stages.items()},
-            "keys": dict(job.keys),
-            "cache": {k: {"path": str(r.path), "cached": r.cached, "seconds": round(r.seconds, 3),
-                          "stats": r.stats} for k, r in results.items()},
-            "seconds": round(seconds, 3),
-            "python": platform.python_version(),
-        }
+        doc = run_record(job, results, clip, frames, seconds=seconds)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)
     finally:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .stages import KINDS, STEP_KINDS, StageError
+from tokenflow.stages import KINDS, PROTOCOLS, STEP_KINDS, StageError, missing_members
 
 #: The discovery hook of every stage kind.
 REGISTER_HOOKS: dict[str, str] = {
@@ -38,9 +38,12 @@ class Registry:
             )
         if not cls.name or not isinstance(cls.name, str):
             raise RegistryError(f"{owner}: {cls.__name__} has no name")
-        method = "edit_step" if kind == "editor" else "blend_step" if kind == "blender" else "run"
-        if not callable(getattr(cls, method, None)):
-            raise RegistryError(f"{owner}: {kind} stage {cls.name!r} has no {method}() method")
+        missing = missing_members(cls, kind)
+        if missing:
+            what = ", ".join(f"{m}()" if callable(getattr(PROTOCOLS[kind], m, None)) else m
+                             for m in missing)
+            raise RegistryError(f"{owner}: {kind} stage {cls.name!r} lacks {what}, required by "
+                                f"the {kind} protocol (tokenflow.{PROTOCOLS[kind].__name__})")
         if cls.name in self.stages[kind]:
             other = self.owners[(kind, cls.name)]
             raise RegistryError(

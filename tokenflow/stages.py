@@ -1,24 +1,30 @@
-"""What a stage is: the Stage protocol, typed parameters, the context a stage runs in, and names.
+"""What a stage is: kinds in graph order, the dimension names of every store, the protocol of
+each stage kind, the :class:`StageBase` convenience base, the run config and the context a stage
+runs in. Parameters are :mod:`tokenflow.params`.
 
 A stage is a stateless class with a ``kind`` (one of :data:`KINDS`), a ``name`` unique within its
 kind, a ``version`` (bump it and old cache entries stop matching), the kinds it ``requires`` and a
 ``Params`` dataclass whose every field changes the output. Whole-video stages implement
-``run(ctx)``; the editor and the blender are called once per timestep by :mod:`tokenflow.loop`.
+``run(ctx)``; the editor and the blender are called once per timestep by
+:mod:`tokenflow.editing.loop`. The registry checks every registered class against its kind's
+protocol (:func:`missing_members`) and refuses it with one line naming what is missing.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+from tokenflow.params import Params
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
+    import torch
     import zarr
 
-    from .models import Model
+    from tokenflow.editing.loop import EditorOutput, EditRun, EditStep
+    from tokenflow.models import Model
 
 # Stage kinds, in pipeline order.
 INVERSION = "inversion"
@@ -48,129 +54,29 @@ CHUNK = "chunk"
 REF = "ref"
 BRANCH = "branch"
 KEYFRAME = "keyframe"
+#: Dims of the feature store's ``tokens`` arrays.
+TOKEN_DIMS = (TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL)
 
 
 class StageError(RuntimeError):
     """A stage could not run; the message is one line for the user."""
 
 
-class ParamError(ValueError):
-    """A stage parameter is unknown or has a value of the wrong type; one line for the user."""
+# --- the protocol of every stage kind -----------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Params:
-    """Base of every stage's parameters. Subclass as a frozen dataclass; every field is hashed."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def param_fields(params_cls: type[Params]) -> dict[str, tuple[Any, Any]]:
-    """``{name: (type hint, default)}`` of a Params class, with string annotations resolved."""
-    hints = typing.get_type_hints(params_cls)
-    out = {}
-    for f in dataclasses.fields(params_cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        out[f.name] = (hints[f.name], default)
-    return out
-
-
-def type_label(hint: Any) -> str:
-    """A short human name for a type hint (``float``, ``one of reference|linear``, ...)."""
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + "|".join(str(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_label(a) for a in typing.get_args(hint) if a is not type(None))
-    if origin in (tuple, list):
-        return "comma-separated list"
-    return getattr(hint, "__name__", str(hint))
-
-
-def coerce(hint: Any, value: Any, *, name: str = "value") -> Any:
-    """Convert ``value`` (often a CLI string) to the type ``hint``; :class:`ParamError` if it cannot."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(arg, value, name=name)
-            except ParamError:
-                continue
-        raise ParamError(f"{name}: expected {type_label(hint)}, got {value!r}")
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        for choice in choices:
-            if value == choice or str(value) == str(choice):
-                return choice
-        raise ParamError(f"{name}: expected one of {', '.join(map(str, choices))}, got {value!r}")
-    if origin in (tuple, list):
-        (item,) = typing.get_args(hint)[:1] or (str,)
-        items = value.split(",") if isinstance(value, str) else list(value)
-        items = [i.strip() if isinstance(i, str) else i for i in items]
-        return tuple(coerce(item, i, name=name) for i in items if i != "")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise ParamError(f"{name}: expected true or false, got {value!r}")
-    if hint in (int, float):
-        if isinstance(value, bool):
-            raise ParamError(f"{name}: expected {hint.__name__}, got {value!r}")
-        try:
-            number = hint(value)
-        except (TypeError, ValueError):
-            raise ParamError(f"{name}: expected {hint.__name__}, got {value!r}") from None
-        if hint is int and isinstance(value, float) and not float(value).is_integer():
-            raise ParamError(f"{name}: expected int, got {value!r}")
-        if hint is float and number != number:
-            raise ParamError(f"{name}: NaN is not allowed")
-        return number
-    if hint is str:
-        if not isinstance(value, str):
-            raise ParamError(f"{name}: expected text, got {value!r}")
-        return value
-    return value
-
-
-def make_params(stage_cls: type[Stage], values: dict[str, Any]) -> Params:
-    """Build ``stage_cls.Params`` from loose values, validating names and types.
-
-    Unknown names raise :class:`ParamError` listing the valid ones; the Params class may check
-    ranges in ``__post_init__`` by raising ``ValueError``, which becomes a ParamError too.
-    """
-    fields = param_fields(stage_cls.Params)
-    label = f"{stage_cls.kind} '{stage_cls.name}'"
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        valid = ", ".join(fields) or "none"
-        raise ParamError(f"unknown parameter {unknown[0]!r} for {label}; valid: {valid}")
-    converted = {k: coerce(fields[k][0], v, name=f"{stage_cls.name}.{k}") for k, v in values.items()}
-    try:
-        return stage_cls.Params(**converted)
-    except (TypeError, ValueError) as exc:
-        raise ParamError(f"{label}: {exc}") from None
-
-
-@runtime_checkable
 class Stage(Protocol):
     """What every stage class provides (structural: no base class is needed).
 
     ``kind``: one of :data:`KINDS`. ``name``: unique within the kind. ``version``: part of the
     cache key. ``requires``: kinds whose stores this stage reads (their keys chain into its key).
-    ``Params``: frozen dataclass subclassing :class:`Params`. Instances hold ``params`` only.
+    ``Params``: frozen dataclass subclassing :class:`~tokenflow.params.Params`. Instances are
+    built as ``StageClass(params)`` and hold ``params`` only.
+
+    Optional, on any kind: ``summary`` (one line for ``tf stages``); ``reads_config`` (the
+    :class:`RunConfig` fields the output depends on; default ``("steps",)``);
+    ``upstream_params(config)``, ``estimate_bytes(ctx)``, ``check(pm, model, config)`` and
+    ``key_inputs(pm, model)`` (see :class:`StageBase`).
     """
 
     kind: ClassVar[str]
@@ -178,7 +84,126 @@ class Stage(Protocol):
     version: ClassVar[int]
     requires: ClassVar[tuple[str, ...]]
     Params: ClassVar[type[Params]]
-    params: Params
+
+
+class WholeVideoStage(Stage, Protocol):
+    """A stage computed once for the whole video: ``run(ctx)`` writes its store."""
+
+    def run(self, ctx: StageContext) -> None:
+        """Compute the output into ``ctx.output`` (a Zarr group being written; renamed into
+        place when ``run`` returns). ``ctx.inputs`` holds the stores of ``requires``. May resume
+        through ``ctx.progress``; raise :class:`StageError` with one line for the user."""
+
+
+class InversionStage(WholeVideoStage, Protocol):
+    """Kind ``inversion``. ``run(ctx)`` writes: the ``timestep`` coordinate (the editing grid,
+    noisiest first); ``latents`` (dims ``timestep, frame, latent_channel, latent_y, latent_x``):
+    every frame's inverted latents at every editing timestep; ``x0`` (``frame, latent_*``): the
+    clean latents; ``x_max`` (same dims): the noisiest latents reached, at the level the
+    ``t_max`` root attribute gives. The editing loop and the feature store read these."""
+
+
+class FeatureStage(WholeVideoStage, Protocol):
+    """Kind ``features``. ``run(ctx)`` runs the source branch and writes, per spatial resolution
+    group (:func:`tokenflow.cache.layouts.group_name`), the self-attention input tokens of every
+    transformer block (``tokens``, dims :data:`TOKEN_DIMS`) and the residuals later stages
+    inject (``conv``); :class:`tokenflow.cache.layouts.FeatureReader` is how others read it."""
+
+
+class KeyframeSampler(WholeVideoStage, Protocol):
+    """Kind ``keyframes``. ``run(ctx)`` writes ``keyframes`` (dims ``timestep, chunk``): the
+    frame index of the keyframe of every chunk of ``batch_size`` frames at every timestep."""
+
+
+class CorrespondenceStage(WholeVideoStage, Protocol):
+    """Kind ``correspondence``. ``run(ctx)`` writes ``reference`` (dims ``timestep, frame,
+    ref``: the keyframes each frame reads from) and, per resolution group, ``index`` (dims
+    ``timestep, frame, layer, ref, token``: for each token of the frame, the token of the
+    reference keyframe it takes); :class:`tokenflow.cache.layouts.CorrespondenceReader` reads
+    it."""
+
+
+class Editor(Stage, Protocol):
+    """Kind ``editor``: called by the editing loop, per timestep. Per run, in this order:
+    ``conv_layers(run)`` (the ResNets whose ``conv2`` output the loop hooks, to inject or record
+    residuals), ``start(run)`` (per-run state, kept as ``run.editor_state``),
+    ``initial_latents(run)`` (every frame's latents at the first timestep that runs); then per
+    timestep ``edit_step(step)``.
+
+    ``edit_step`` returns an :class:`~tokenflow.editing.loop.EditorOutput`: the keyframes'
+    self-attention outputs per layer (``tokens``, each ``(2, K, S, C)``: branches [uncond,
+    cond]) and their guided prediction. The blender then propagates the tokens, calling the
+    editor's ``predict(step, frames, latents, provide=...)`` once per chunk of frames: the guided
+    model output of those frames, with every self-attention layer's output replaced by what
+    ``provide(layer)`` returns (pass it to ``EditRun.call_unet``). ``predict`` is required of
+    editors that propagate (``propagates``, default True). An editor that does not propagate
+    edits every frame itself and returns the next ``latents`` of all frames in its output.
+
+    Optional: ``propagates`` (class attribute, default True), ``first_step(run) -> int`` (grid
+    index the loop starts at, default 0), ``finish_step(step, latents) -> latents`` (after the
+    blender's step), ``resumable`` (default True: the loop may resume after a crash from the
+    stored latents; set False if state carries from one step to the next).
+    """
+
+    def conv_layers(self, run: EditRun) -> Sequence[str]: ...
+
+    def start(self, run: EditRun) -> Any: ...
+
+    def initial_latents(self, run: EditRun) -> torch.Tensor: ...
+
+    def edit_step(self, step: EditStep) -> EditorOutput: ...
+
+    def predict(self, step: EditStep, frames: list[int], latents: torch.Tensor, *,
+                provide: Any = None) -> torch.Tensor: ...
+
+
+class Blender(Stage, Protocol):
+    """Kind ``blender``: called by the editing loop once per timestep, after the editor, with the
+    editor's keyframe tokens: ``blend_step(step, tokens)`` returns every frame's latents after
+    this timestep's DDIM step, ``(N, c, h, w)``. The ``tokenflow`` blender reads the
+    correspondence store (``run.correspondence``) and calls ``run.editor.predict``."""
+
+    def blend_step(self, step: EditStep, tokens: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+
+#: The protocol of each stage kind.
+PROTOCOLS: dict[str, type] = {
+    INVERSION: InversionStage,
+    FEATURES: FeatureStage,
+    KEYFRAMES: KeyframeSampler,
+    CORRESPONDENCE: CorrespondenceStage,
+    EDITOR: Editor,
+    BLENDER: Blender,
+}
+
+
+def protocol_members(protocol: type) -> list[str]:
+    """The attributes and methods a protocol declares (its own and its bases'), in order."""
+    names: list[str] = []
+    for klass in reversed(protocol.__mro__):
+        if klass in (object, Protocol) or not getattr(klass, "_is_protocol", False):
+            continue
+        declared = list(klass.__dict__.get("__annotations__", {}))
+        declared += [k for k, v in klass.__dict__.items() if callable(v) and not k.startswith("_")]
+        names += [n for n in declared if n not in names]
+    return names
+
+
+def missing_members(cls: type, kind: str) -> list[str]:
+    """Members of ``kind``'s protocol that ``cls`` lacks (methods must be callable). An editor
+    that does not propagate needs no ``predict``."""
+    protocol = PROTOCOLS[kind]
+    missing = []
+    for name in protocol_members(protocol):
+        if name == "predict" and kind == EDITOR and not getattr(cls, "propagates", True):
+            continue
+        declared = protocol.__dict__.get(name) or next(
+            (k.__dict__[name] for k in protocol.__mro__ if name in k.__dict__), None)
+        if not hasattr(cls, name):
+            missing.append(name)
+        elif callable(declared) and not callable(getattr(cls, name)):
+            missing.append(name)
+    return missing
 
 
 class StageBase:
@@ -262,8 +287,39 @@ class StageContext:
     #: writing it (``ctx.progress.mark(tag)``), so that a rerun after a crash resumes there.
     progress: Any = None
 
+    #: Called as ``on_progress(description, done, total)`` while long work advances (a front
+    #: end's progress display); None for none.
+    on_progress: Any = None
+
     def bar(self, total: int, desc: str):
-        """A progress bar on stderr (a no-op one when quiet)."""
+        """A progress bar on stderr (a no-op one when quiet) that also reports to
+        ``on_progress``. Use it as a context manager and call ``update(n)``."""
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        if self.on_progress is None:
+            return bar
+        return _ReportingBar(bar, self.on_progress, desc, total)
+
+
+class _ReportingBar:
+    """A tqdm bar that also calls ``report(desc, done, total)`` on every update."""
+
+    def __init__(self, bar, report, desc: str, total: int) -> None:
+        self.bar, self.report, self.desc, self.total, self.done = bar, report, desc, total, 0
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        if n:
+            self.report(self.desc, self.done, self.total)
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.__exit__(*exc)
+
+    def __getattr__(self, name: str):
+        return getattr(self.bar, name)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from .keys import _plain
+from tokenflow.cache.keys import _plain
 
 META = "tokenflow"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

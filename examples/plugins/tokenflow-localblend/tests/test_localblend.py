@@ -18,12 +18,10 @@ from tokenflow_localblend.editor import (
     blend_mask,
     word_positions,
 )
-from tokenflow_plugins.pnp import PnPEditor
+from tokenflow import KeyframeEditor
 
-from tokenflow import EDITOR, ParamError, RunConfig, StageError
-from tokenflow.pipeline import build_job
-from tokenflow.registry import build_registry
-from tokenflow.video import read_video
+from tokenflow import EDITOR, ParamError, StageError
+from tokenflow.testing import build_registry, make_job, read_frames
 
 N, B, STEPS = 4, 2, 3
 PROMPT = "a blue ball on grass"
@@ -32,14 +30,13 @@ PROBED = "up_blocks.3.attentions.0.transformer_blocks.0.attn2"
 
 @pytest.fixture
 def frames(tf_video) -> np.ndarray:
-    return read_video(tf_video, frames=N).frames  # 64x96: latents 8x12
+    return read_frames(tf_video, frames=N)  # 64x96: latents 8x12
 
 
 def _run(pm, model, frames, cache, editor: str = "localblend", options=()) -> dict:
-    job = build_job(pm, model, frames, RunConfig(steps=STEPS, batch_size=B), cache=cache,
-                    choices={EDITOR: editor},
-                    params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}},
-                    options=list(options))
+    job = make_job(pm, model, frames, cache=cache, steps=STEPS, batch_size=B, editor=editor,
+                   params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}},
+                   options=options)
     results = job.run()
     blender = zarr.open_group(str(results["blender"].path), mode="r")
     inversion = zarr.open_group(str(results["inversion"].path), mode="r")
@@ -132,9 +129,9 @@ def test_words_must_be_words_of_the_prompt(pm, tf_tiny_model, frames, tf_cache, 
 def test_parameters_are_checked_when_the_run_is_planned(pm, tf_tiny_model, frames,
                                                         tf_cache) -> None:
     def plan(*options):
-        return build_job(pm, tf_tiny_model, frames, RunConfig(steps=STEPS, batch_size=B),
-                         cache=tf_cache, choices={EDITOR: "localblend"},
-                         params={"editor": {"prompt": PROMPT}}, options=list(options))
+        return make_job(pm, tf_tiny_model, frames, cache=tf_cache, steps=STEPS, batch_size=B,
+                        editor="localblend", params={"editor": {"prompt": PROMPT}},
+                        options=options)
 
     job = plan(("editor.words", "ball, on grass"), ("localblend.threshold", "0.25"))
     assert job.stages[EDITOR].params.words == ("ball", "on grass")
@@ -145,17 +142,16 @@ def test_parameters_are_checked_when_the_run_is_planned(pm, tf_tiny_model, frame
     assert plan(("editor.words", "ball"), ("editor.dilate", "2")).keys[EDITOR] != job.keys[EDITOR]
 
 
-def test_a_new_pnp_version_changes_the_key(pm, tf_tiny_model, frames, tf_cache,
+def test_a_new_keyframe_editor_version_changes_the_key(pm, tf_tiny_model, frames, tf_cache,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     def key() -> str:
-        return build_job(pm, tf_tiny_model, frames, RunConfig(steps=STEPS, batch_size=B),
-                         cache=tf_cache, choices={EDITOR: "localblend"},
-                         params={"editor": {"prompt": PROMPT}},
-                         options=[("editor.words", "ball")]).keys[EDITOR]
+        return make_job(pm, tf_tiny_model, frames, cache=tf_cache, steps=STEPS, batch_size=B,
+                        editor="localblend", params={"editor": {"prompt": PROMPT}},
+                        options=[("editor.words", "ball")]).keys[EDITOR]
 
     before = key()
     assert key() == before
-    monkeypatch.setattr(PnPEditor, "version", PnPEditor.version + 1)
+    monkeypatch.setattr(KeyframeEditor, "version", KeyframeEditor.version + 1)
     assert LocalBlendEditor.version == 1 and key() != before
 
 

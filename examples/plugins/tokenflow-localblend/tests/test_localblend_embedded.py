@@ -1,7 +1,7 @@
 """What ``localblend`` is for, on tokenflow's embedded model: "a red ball on a checkered floor"
 edited to "a blue ball on sand" with ``words=ball`` turns the ball blue as ``pnp`` does, while
 ``pnp`` also turns the floor into sand and ``localblend`` keeps it (scored with the rules of
-tokenflow.world, no learned model)."""
+``tokenflow.world``, no learned model)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 import zarr
 
-from tokenflow import EDITOR, RunConfig
-from tokenflow.models import load_model
-from tokenflow.pipeline import build_job
-from tokenflow.world import Scene, Thing, object_colour, object_mask, render
+from tokenflow import load_model, world
+from tokenflow.testing import make_job
 
 N, B, STEPS = 4, 2, 5
 SOURCE = "a red ball on a checkered floor"
@@ -23,8 +21,8 @@ TARGET = "a blue ball on sand"
 
 def rolling_ball(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Frames (n, 64, 64, 3) of a red ball rolling right on a checkered floor, and its masks."""
-    scene = Scene("checkered floor", (Thing("ball", "red", cx=0.3, cy=0.5, radius=0.24),))
-    drawn = [render(scene.with_thing(0, cx=0.28 + 0.44 * i / (n - 1)), 64, 64) for i in range(n)]
+    scene = world.Scene("checkered floor", (world.Thing("ball", "red", cx=0.3, cy=0.5, radius=0.24),))
+    drawn = [world.render(scene.with_thing(0, cx=0.28 + 0.44 * i / (n - 1)), 64, 64) for i in range(n)]
     return np.stack([image for image, _ in drawn]), np.stack([masks[0] for _, masks in drawn])
 
 
@@ -37,13 +35,13 @@ def grow(masks: np.ndarray, pixels: int) -> np.ndarray:
 def test_localblend_recolours_the_ball_and_keeps_the_floor(pm, tf_cache) -> None:
     model = load_model(None, device="cpu")
     frames, balls = rolling_ball(N)
-    assert [object_colour(f) for f in frames] == ["red"] * N
+    assert [world.object_colour(f) for f in frames] == ["red"] * N
 
     def edit(editor: str, options=()) -> tuple[np.ndarray, np.ndarray]:
-        job = build_job(pm, model, frames, RunConfig(steps=STEPS, batch_size=B), cache=tf_cache,
-                        choices={EDITOR: editor},
-                        params={"inversion": {"prompt": SOURCE}, "editor": {"prompt": TARGET}},
-                        options=list(options))
+        job = make_job(pm, model, frames, cache=tf_cache, steps=STEPS, batch_size=B,
+                       editor=editor,
+                       params={"inversion": {"prompt": SOURCE}, "editor": {"prompt": TARGET}},
+                       options=options)
         results = job.run()
         blender = zarr.open_group(str(results["blender"].path), mode="r")
         x0 = zarr.open_group(str(results["inversion"].path), mode="r")["x0"][...]
@@ -56,12 +54,12 @@ def test_localblend_recolours_the_ball_and_keeps_the_floor(pm, tf_cache) -> None
     away = ~grow(balls, 3)  # the floor, a few pixels away from the ball's edge
     floor_pnp = np.abs(pnp.astype(float) - frames)[away].mean()
     floor_blend = np.abs(blend.astype(float) - frames)[away].mean()
-    assert [object_colour(f) for f in pnp] == ["blue"] * N
-    assert [object_colour(f) for f in blend] == ["blue"] * N
+    assert [world.object_colour(f) for f in pnp] == ["blue"] * N
+    assert [world.object_colour(f) for f in blend] == ["blue"] * N
     assert floor_pnp > 20, floor_pnp  # pnp paints sand over the floor, localblend does not
     assert floor_blend < 0.15 * floor_pnp and floor_blend < 4, (floor_blend, floor_pnp)
     # the ball is where the source has it, and the mask went with it
-    assert np.median([np.mean(object_mask(f)[b]) for f, b in zip(blend, balls, strict=True)]) > 0.8
+    assert np.median([np.mean(world.object_mask(f)[b]) for f, b in zip(blend, balls, strict=True)]) > 0.8
     ball_cells = balls.reshape(N, 8, 8, 8, 8).mean(axis=(2, 4)) >= 0.5
     near_ball = grow(ball_cells, 1)
     assert cells[ball_cells].mean() > 0.9  # edited where the ball is

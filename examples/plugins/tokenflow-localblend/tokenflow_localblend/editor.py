@@ -25,13 +25,24 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tokenflow_plugins.pnp import PnPEditor, PnPParams
 
-from tokenflow import INVERSION, StageError, hookimpl
-from tokenflow.cache.store import create_array
-from tokenflow.layouts import token_grid
-from tokenflow.loop import EditorOutput, EditRun, EditStep
-from tokenflow.stages import FRAME, LATENT_X, LATENT_Y, TIMESTEP
+from tokenflow import (
+    FRAME,
+    INVERSION,
+    LATENT_X,
+    LATENT_Y,
+    TIMESTEP,
+    EditRun,
+    EditStep,
+    EditorOutput,
+    Injection,
+    KeyframeEditor,
+    PnPParams,
+    StageError,
+    create_array,
+    hookimpl,
+    token_grid,
+)
 
 #: PnP's UNet calls are branch-major [uncond frames..., cond frames...]; the target prompt's
 #: branch is the second.
@@ -218,15 +229,22 @@ def blend_mask(maps: torch.Tensor, threshold: float, dilate: int = 0) -> torch.T
     return mask
 
 
-class LocalBlendEditor(PnPEditor):
+class LocalBlendEditor(KeyframeEditor):
     name = "localblend"
     version = 1
     Params = LocalBlendParams
     summary = "PnP only where -o editor.words attend (cross-attention mask); the source elsewhere"
 
     def key_inputs(self) -> dict:
-        """PnP's code runs inside this editor: a new PnP version changes this editor's keys."""
-        return {"pnp_version": PnPEditor.version}
+        """tokenflow's keyframe editor runs inside this editor: a new version of it changes
+        this editor's keys."""
+        return {"pnp_version": KeyframeEditor.version}
+
+    def upstream_params(self, config) -> dict:
+        return self.params.feature_needs()
+
+    def injection(self, steps: int) -> Injection:
+        return Injection.pnp(self.params, steps)
 
     def check(self, model) -> dict[str, list[int]]:
         """Refuse the run when it is planned if the words are missing from the prompt; returns

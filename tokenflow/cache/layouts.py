@@ -23,10 +23,8 @@ import numpy as np
 import torch
 import zarr
 
-from .stages import CHANNEL, FRAME, LAYER, TIMESTEP, TOKEN
+from tokenflow.stages import LAYER, TIMESTEP, TOKEN
 
-#: Dims of the feature store's ``tokens`` arrays.
-TOKEN_DIMS = (TIMESTEP, FRAME, LAYER, TOKEN, CHANNEL)
 
 
 def group_name(height: int, width: int, channels: int) -> str:
@@ -62,7 +60,7 @@ def layer_shapes(unet, latent_hw: tuple[int, int]) -> dict[str, tuple[int, ...]]
     (``...resnets.N``): ``(channels, h, w)`` of their residual branch. SD-shaped UNets only
     (down/mid/up blocks, one 2x resampling between consecutive blocks).
     """
-    from .attention import self_attention_layers
+    from tokenflow.editing.attention import self_attention_layers
 
     lat_h, lat_w = latent_hw
     out: dict[str, tuple[int, ...]] = {}
@@ -85,7 +83,7 @@ class FeatureReader:
     """Reads source-branch tokens and conv residuals from a features store.
 
     A store written with ``store_tokens=False`` keeps no tokens; they are then recomputed with
-    ``source`` (a :class:`tokenflow.source.SourcePass`), which must be given.
+    ``source`` (a :class:`tokenflow.editing.source.SourcePass`), which must be given.
     """
 
     def __init__(self, store: zarr.Group, source=None) -> None:

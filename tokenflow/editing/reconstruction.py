@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .diffusion import psnr, regenerate
+from tokenflow.editing.diffusion import psnr, regenerate
 
 
 def reconstruction_check(job, results) -> dict:

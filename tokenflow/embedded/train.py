@@ -1,9 +1,9 @@
-"""Train the embedded default model on the procedural world (:mod:`tokenflow.world`).
+"""Train the embedded default model on the procedural world (:mod:`tokenflow.embedded.world`).
 
-    python -m tokenflow.train vae    --dir CKPT [--steps 2500]    # the autoencoder
-    python -m tokenflow.train unet   --dir CKPT [--steps 7000]    # UNet + text encoder (needs the VAE)
-    python -m tokenflow.train decoder --dir CKPT [--steps 1500]   # decoder-only fine-tune (optional)
-    python -m tokenflow.train export --dir CKPT [--out tokenflow/embedded]   # float16 diffusers dir
+    python -m tokenflow.embedded.train vae    --dir CKPT [--steps 2500]    # the autoencoder
+    python -m tokenflow.embedded.train unet   --dir CKPT [--steps 7000]    # UNet + text encoder (needs the VAE)
+    python -m tokenflow.embedded.train decoder --dir CKPT [--steps 1500]   # decoder-only fine-tune (optional)
+    python -m tokenflow.embedded.train export --dir CKPT [--out tokenflow/embedded]   # float16 diffusers dir
 
 Every phase is seeded and resumable: it checkpoints (safetensors, atomically) every
 ``--every`` steps and at the end, and picks up from the last checkpoint when run again. Progress
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .world import random_scene, render
+from tokenflow.embedded.world import random_scene, render
 
 RESOLUTION = 64
 TEXT_LENGTH = 32
@@ -225,7 +225,7 @@ def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4
     """
     vae = build_vae()
     if load_checkpoint(directory, "vae", {"model": vae}, None)["step"] == 0:
-        raise SystemExit("train the VAE first: python -m tokenflow.train vae --dir " + str(directory))
+        raise SystemExit("train the VAE first: python -m tokenflow.embedded.train vae --dir " + str(directory))
     decoder = {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}
     params = [p for m in decoder.values() for p in m.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -265,7 +265,7 @@ def scaling_factor(vae, seed: int = 1, n: int = 512) -> float:
 def build_text(tokenizer_dir: Path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .models import tiny_tokenizer
+    from tokenflow.embedded.tokenizer import tiny_tokenizer
 
     tokenizer = tiny_tokenizer(tokenizer_dir)
     tokenizer.model_max_length = TEXT_LENGTH
@@ -312,11 +312,11 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
                snr_gamma: float = 5.0) -> None:
     from diffusers import DDPMScheduler
 
-    from .models import SD_SCHEDULER_CONFIG
+    from tokenflow.models import SD_SCHEDULER_CONFIG
 
     vae = build_vae()
     if load_checkpoint(directory, "vae", {"model": vae}, None)["step"] == 0:
-        raise SystemExit("train the VAE first: python -m tokenflow.train vae --dir " + str(directory))
+        raise SystemExit("train the VAE first: python -m tokenflow.embedded.train vae --dir " + str(directory))
     vae.eval().requires_grad_(False)
     scale = scaling_factor(vae)
     mean, std, captions = _latent_dataset(directory, vae, scale, dataset, seed)
@@ -371,12 +371,15 @@ def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5
     """A canny-edge ControlNet for the exported model (``model_dir``, default the embedded one):
     frozen VAE, text encoder and UNet; the ControlNet starts as a copy of the UNet's encoder
     (diffusers' ``from_unet``) with zero output convolutions, and learns to predict the noise
-    together with the UNet from the canny edges of each scene (the built-in extractor)."""
+    together with the UNet from the canny edges of each scene: the ``canny`` control extractor
+    that inference uses, looked up through the plugin hook."""
     from diffusers import ControlNetModel, DDPMScheduler
 
-    from tokenflow_plugins.canny_control import canny
+    from tokenflow.editing.controls import get_extractor
+    from tokenflow.manager import make_plugin_manager
+    from tokenflow.models import SD_SCHEDULER_CONFIG, load_model
 
-    from .models import SD_SCHEDULER_CONFIG, load_model
+    canny = get_extractor(make_plugin_manager(load_entry_points=True), "canny")
 
     model = load_model(str(model_dir) if model_dir else None, device="cpu", dtype=torch.float32)
     torch.manual_seed(seed)
@@ -421,7 +424,7 @@ def export_controlnet(directory: Path, out: Path, dtype: str = "float16") -> Pat
 
     from diffusers import ControlNetModel
 
-    from .models import load_model
+    from tokenflow.models import load_model
 
     model = load_model(None, device="cpu", dtype=torch.float32)
     net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
@@ -441,7 +444,8 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
 
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from .models import SD_SCHEDULER_CONFIG, _write_tokenizer_files
+    from tokenflow.embedded.tokenizer import write_tokenizer_files
+    from tokenflow.models import SD_SCHEDULER_CONFIG
 
     vae = load_vae(directory)
     tokenizer, text = build_text(directory / "tokenizer")
@@ -458,10 +462,10 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    _write_tokenizer_files(tmp / "tokenizer")
+    write_tokenizer_files(tmp / "tokenizer")
     (tmp / "tokenflow.json").write_text(json.dumps({
         "label": "tokenflow's embedded model: a tiny SD-shaped latent diffusion model trained on "
-                 "procedural scenes (tokenflow.world) at 64x64",
+                 "procedural scenes (tokenflow.embedded.world) at 64x64",
         "trained_steps": {"unet": state["step"]},
         "defaults": EMBEDDED_DEFAULTS,
     }, indent=2) + "\n")
@@ -471,13 +475,13 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tokenflow.train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tokenflow.embedded.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", choices=("vae", "unet", "decoder", "export", "controlnet",
                                           "export-controlnet"))
     parser.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "tokenflow-train")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "embedded")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     args = parser.parse_args(argv)
     _threads()
     args.dir.mkdir(parents=True, exist_ok=True)
@@ -490,8 +494,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.phase == "controlnet":
         train_controlnet(args.dir, args.steps or 1500, seed=args.seed)
     elif args.phase == "export-controlnet":
-        out = args.out if args.out != Path(__file__).parent / "embedded" else (
-            Path(__file__).parent / "embedded" / "controlnet-canny")
+        out = args.out if args.out != Path(__file__).parent else (
+            Path(__file__).parent / "controlnet-canny")
         print(export_controlnet(args.dir, out))
     else:
         print(export(args.dir, args.out))

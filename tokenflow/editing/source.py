@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import zarr
 
-from .attention import AttentionState, tokenflow_attention
-from .layouts import read_timesteps
+from tokenflow.editing.attention import AttentionState, tokenflow_attention
+from tokenflow.cache.layouts import read_timesteps
 
 
 class SourcePass:

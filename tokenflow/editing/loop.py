@@ -15,11 +15,11 @@ import numpy as np
 import torch
 import zarr
 
-from .attention import AttentionState, tokenflow_attention
-from .cache.store import create_array, write_coord
-from .layouts import CorrespondenceReader, FeatureReader, read_timesteps
-from .source import SourcePass
-from .stages import (
+from tokenflow.editing.attention import AttentionState, tokenflow_attention
+from tokenflow.cache.store import create_array, write_coord
+from tokenflow.cache.layouts import CorrespondenceReader, FeatureReader, read_timesteps
+from tokenflow.editing.source import SourcePass
+from tokenflow.stages import (
     BLENDER,
     CORRESPONDENCE,
     EDITOR,

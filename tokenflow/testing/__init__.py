@@ -12,6 +12,10 @@ Fixtures:
   output convolutions given small random weights so that the control visibly acts (session).
 * ``tf_video``: a path to a short synthetic clip (8 frames, 64x96, a square moving right).
 * ``tf_cache``: a :class:`tokenflow.cache.StageCache` in a temporary directory.
+
+Helpers: :func:`synthetic_frames` (the ``tf_video`` clip as an array), :func:`read_frames`,
+:func:`make_job` (a planned run of frames already at the working size, as ``tf run`` plans it)
+and :func:`build_registry`. The tiny model builders are :mod:`tokenflow.testing.tiny`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,54 @@ def synthetic_frames(n: int = 8, height: int = 64, width: int = 96, seed: int = 
     return frames
 
 
+def read_frames(path, frames: int | None = None) -> np.ndarray:
+    """The frames of a video file or frame folder, ``(N, H, W, 3)`` uint8, not resized."""
+    from tokenflow.video import read_video
+
+    return read_video(path, frames=frames).frames
+
+
+def make_job(pm, model, frames: np.ndarray, *, cache, steps: int = 3, batch_size: int = 4,
+             editor: str | None = None, stages=None, params=None, options=(),
+             until: str = "blender", registry=None, runtime=None):
+    """Plan a run of ``frames`` (used as they are: no resizing) as ``tf run`` plans it, without
+    running it: a :class:`tokenflow.run.Job` whose ``keys`` are every stage's cache key;
+    ``job.run()`` computes it. ``params`` are ``{kind: {param: value}}`` (the dedicated flags),
+    ``options`` ``[(KEY, VALUE)]`` (``-o``); ``cache`` a directory or a StageCache."""
+    from tokenflow.plan import build_job
+    from tokenflow.stages import RunConfig
+
+    choices = {**(stages or {}), **({"editor": editor} if editor else {})}
+    return build_job(pm, model, frames, RunConfig(steps=steps, batch_size=batch_size),
+                     cache=cache, registry=registry, choices=choices, params=params,
+                     options=[tuple(o) for o in options], until=until, runtime=runtime)
+
+
+def build_registry(pm):
+    """The stage registry of a plugin manager (``{kind: {name: class}}`` with owners)."""
+    from tokenflow.registry import build_registry as build
+
+    return build(pm)
+
+
+def fake_stage(kind: str, name: str, *, base: type | None = None, **attrs) -> type:
+    """A minimal stage class of ``kind`` called ``name`` that satisfies its kind's protocol
+    (every method does nothing and returns None), for registry and plugin-loading tests;
+    ``attrs`` add or override class attributes (``edit_step=None`` removes a member)."""
+    from tokenflow.params import Params
+    from tokenflow.stages import PROTOCOLS, StageBase, protocol_members
+
+    body: dict = {"kind": kind, "name": name, "version": 1, "requires": (), "Params": Params}
+    for member in protocol_members(PROTOCOLS[kind]):
+        if callable(getattr(PROTOCOLS[kind], member, None)):
+            body[member] = lambda self, *args, **kwargs: None
+    body.update(attrs)
+    for member in [k for k, v in body.items() if v is None]:
+        del body[member]
+    title = name.title().replace("-", "").replace("_", "")
+    return type(f"Fake{kind.title()}{title}", (base or StageBase,), body)
+
+
 def pytest_configure(config) -> None:
     """The markers tokenflow's own tests use, so a plugin's tests may use them too."""
     config.addinivalue_line("markers", "slow: end-to-end runs that take more than a few seconds")
@@ -39,14 +91,14 @@ def pytest_configure(config) -> None:
 
 @pytest.fixture
 def tf_plugin_manager():
-    from .manager import make_plugin_manager
+    from tokenflow.manager import make_plugin_manager
 
     return make_plugin_manager()
 
 
 @pytest.fixture
 def tf_register(tf_plugin_manager):
-    from .registry import build_registry
+    from tokenflow.registry import build_registry
 
     registered = []
 
@@ -65,7 +117,7 @@ def tf_register(tf_plugin_manager):
 
 @pytest.fixture(scope="session")
 def tf_tiny_model_dir(tmp_path_factory):
-    from .models import save_tiny_model
+    from tokenflow.testing.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-sd") / "model", "sd15", seed=0)
 
@@ -74,7 +126,7 @@ def tf_tiny_model_dir(tmp_path_factory):
 def tf_tiny_model(tf_tiny_model_dir, tmp_path_factory):
     import torch
 
-    from .models import load_model
+    from tokenflow.models import load_model
 
     with pytest.MonkeyPatch.context() as mp:  # keep the weights' hash memo out of ~/.cache
         mp.setenv("TOKENFLOW_HASH_CACHE", str(tmp_path_factory.mktemp("tf-hash-memo")))
@@ -83,7 +135,7 @@ def tf_tiny_model(tf_tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tf_tiny_controlnet_dir(tmp_path_factory, tf_tiny_model):
-    from .models import save_tiny_controlnet
+    from tokenflow.testing.tiny import save_tiny_controlnet
 
     return save_tiny_controlnet(tmp_path_factory.mktemp("tiny-controlnet") / "controlnet",
                                 tf_tiny_model.unet, seed=0,
@@ -92,7 +144,7 @@ def tf_tiny_controlnet_dir(tmp_path_factory, tf_tiny_model):
 
 @pytest.fixture
 def tf_video(tmp_path):
-    from .video import write_frames
+    from tokenflow.video import write_frames
 
     folder = tmp_path / "clip"
     write_frames(folder, synthetic_frames())
@@ -101,6 +153,6 @@ def tf_video(tmp_path):
 
 @pytest.fixture
 def tf_cache(tmp_path):
-    from .cache.store import StageCache
+    from tokenflow.cache.store import StageCache
 
     return StageCache(tmp_path / "cache")

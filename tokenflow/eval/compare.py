@@ -1,7 +1,7 @@
 """Evaluating edits and comparing editors: what ``tf eval`` and ``tf compare`` do.
 
-``evaluate_edit`` aligns an edit with its source (:func:`tokenflow.metrics.align`), computes the
-consistency and structure metrics (:func:`tokenflow.metrics.evaluate`, the source's optical flow
+``evaluate_edit`` aligns an edit with its source (:func:`tokenflow.eval.metrics.align`), computes the
+consistency and structure metrics (:func:`tokenflow.eval.metrics.evaluate`, the source's optical flow
 estimated once or given) and the fidelity scores of the installed scorers. ``run_methods`` runs
 several editors or settings on one clip through one shared stage cache; ``write_comparison``
 writes the table (Markdown and JSON), a labelled side-by-side video, a contact sheet and a plot.
@@ -45,7 +45,7 @@ class Edit:
 def load_edit(path: str | os.PathLike) -> Edit:
     """A video, a frame folder, or a ``tf run`` output directory (its lossless ``frames/``, and
     the prompt, stride and source video from its ``run.json``)."""
-    from .video import read_video
+    from tokenflow.video import read_video
 
     path = Path(path)
     run_json = path / "run.json" if path.is_dir() else None
@@ -72,14 +72,14 @@ def evaluate_edit(source: np.ndarray, edited: np.ndarray, *, prompt: str | None 
                   source_flows=None) -> dict[str, Any]:
     """Metrics of an aligned (source, edited) pair, as a JSON-able dict: ``aggregate``,
     ``per_frame``, ``notes`` (what was skipped and why)."""
-    from .metrics import evaluate
+    from tokenflow.eval.metrics import evaluate
 
     report = evaluate(source, edited, flow_method=flow_method, long_range=long_range,
                       source_flows=source_flows)
     doc = report.to_dict()  # JSON-safe: NaN (nothing to measure) is None
     doc.pop("alignment", None)
     if scorers:
-        from .scorers import score_all
+        from tokenflow.eval.scoring import score_all
 
         if prompt:
             scores, notes = score_all(scorers, edited, prompt, source)
@@ -131,26 +131,23 @@ class MethodResult:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def run_methods(pm, model, frames: np.ndarray, config, methods: list[Method], *, cache,
-                params: dict, options: list[tuple[str, str]], quiet: bool = True,
-                registry=None, runtime=None, on_job=None) -> list[MethodResult]:
-    """Run each method through one shared cache (upstream stages are computed once).
-
-    ``on_job(job)`` runs each job (default ``job.run()``); the CLI passes its error handling.
-    """
-    from .pipeline import build_job
+def run_methods(source, methods: list[Method], *, options: list[tuple[str, str]],
+                **edit_args) -> list[MethodResult]:
+    """Edit ``source`` (a :class:`tokenflow.api.Source`) with each method through one shared
+    cache (upstream stages are computed once): :func:`tokenflow.api.edit` with the method's
+    editor and its options after ``options``; ``edit_args`` are the other arguments of
+    ``edit`` (``prompt``, ``steps``, ``cache_dir``, ...)."""
+    from tokenflow.api import edit
 
     results = []
     for method in methods:
-        job = build_job(pm, model, frames, config, cache=cache, registry=registry,
-                        choices={"editor": method.editor}, params=params,
-                        options=[*options, *method.options], quiet=quiet, runtime=runtime)
         start = time.perf_counter()
-        out = on_job(job) if on_job is not None else job.run()
+        done = edit(source, editor=method.editor, options=[*options, *method.options],
+                    **edit_args)
         seconds = time.perf_counter() - start
-        edited = np.asarray(job.base.cache.open(out["blender"].path)["frames"][...])
-        results.append(MethodResult(method, edited, dict(job.keys), dict(out["blender"].stats),
-                                    seconds, bool(out["blender"].cached)))
+        blender = done.results["blender"]
+        results.append(MethodResult(method, done.frames, done.keys, dict(blender.stats),
+                                    seconds, bool(blender.cached)))
     return results
 
 
@@ -194,9 +191,9 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
     import shutil
     import uuid
 
-    from .figures import contact_sheet, labelled_side_by_side, plot_metrics, write_png
-    from .outputs import replace_dir
-    from .video import write_video
+    from tokenflow.eval.figures import contact_sheet, labelled_side_by_side, plot_metrics, write_png
+    from tokenflow.outputs import replace_dir
+    from tokenflow.video import write_video
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .stages import StageError
+from tokenflow.stages import StageError
 
 #: What a scorer class must have; ``describe`` is optional.
 REQUIRED_ATTRIBUTES = ("name", "version", "summary", "available", "score")
@@ -49,7 +49,7 @@ def _accepts(fn, name: str) -> bool:
 
 
 def _check_class(cls, owner: str) -> None:
-    from .registry import RegistryError
+    from tokenflow.registry import RegistryError
 
     if not isinstance(cls, type):
         raise RegistryError(f"{owner}: register_scorers takes scorer classes, got {cls!r}")
@@ -72,7 +72,7 @@ def collect_scorers(pm) -> tuple[dict[str, type], dict[str, str]]:
     A malformed class, a name registered twice (the message names both plugins) or a plugin
     raising in its hook (the message names it) is a :class:`tokenflow.registry.RegistryError`.
     """
-    from .registry import RegistryError, call_discovery_hook
+    from tokenflow.registry import RegistryError, call_discovery_hook
 
     found: dict[str, type] = {}
     owners: dict[str, str] = {}

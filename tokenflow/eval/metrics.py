@@ -45,7 +45,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .video import VideoError, resize_frames
+from tokenflow.video import VideoError, resize_frames
 
 __all__ = [
     "FLOW_METHODS",
@@ -316,6 +316,37 @@ def load_true_flow(path: str | os.PathLike[str]) -> dict[Pair, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- metrics
+
+
+def aligned_true_flows(path, source_hw, edit_hw, stride, start, n, long_range) -> Flows:
+    """The known flows (a ``.flow.npz`` of :func:`save_true_flow`) between the SOURCE frames
+    that EDITED's frames ``0..n-1`` are (``start + i * stride``), rescaled to the edit's size,
+    for every pair ``(t, t+1)`` and ``(t, t+long_range)``; ``ValueError`` (one line) if the file
+    cannot be read or lacks a pair."""
+    try:
+        known = load_true_flow(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"--true-flow {path}: {exc}") from None
+    sy, sx = edit_hw[0] / source_hw[0], edit_hw[1] / source_hw[1]
+
+    def pick(a: int, b: int):
+        flow = known.get((start + a * stride, start + b * stride))
+        if flow is None:
+            return None
+        if flow.shape[:2] != tuple(edit_hw):
+            flow = cv2.resize(flow, (edit_hw[1], edit_hw[0]), interpolation=cv2.INTER_LINEAR)
+        return (flow * np.array([sx, sy], np.float32)).astype(np.float32)
+
+    forward, backward = {}, {}
+    for k in sorted({1, long_range}):
+        for t in range(n - k):
+            f, b = pick(t, t + k), pick(t + k, t)
+            if f is None or b is None:
+                raise ValueError(
+                    f"--true-flow {path} has no flow between source frames "
+                    f"{start + t * stride} and {start + (t + k) * stride}")
+            forward[(t, t + k)], backward[(t + k, t)] = f, b
+    return true_flows(forward, backward)
 
 
 def _unit(frame: np.ndarray) -> np.ndarray:

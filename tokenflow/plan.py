@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from .cache.keys import stage_key
-from .registry import Registry
-from .runner import StageResult
-from .stages import (
-    BLENDER,
-    EDITOR,
-    FEATURES,
-    KINDS,
-    ParamError,
-    RunConfig,
-    StageContext,
-    coerce,
-    make_params,
-    param_fields,
-)
+from tokenflow.cache.keys import stage_key
+from tokenflow.params import ParamError, coerce, make_params, param_fields
+from tokenflow.registry import Registry
+from tokenflow.run import Job
+from tokenflow.stages import BLENDER, EDITOR, KINDS, RunConfig, StageContext
 
 #: The stage of each kind used unless the user picks another.
 DEFAULT_STAGES: dict[str, str] = {
@@ -178,76 +166,6 @@ def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
     return keys
 
 
-@dataclass
-class Job:
-    """A planned run: stages, keys and the context every stage gets (inputs filled per stage)."""
-
-    pm: Any
-    stages: dict[str, Any]
-    keys: dict[str, str]
-    base: StageContext
-    results: dict[str, StageResult] = field(default_factory=dict)
-    #: The kind being run when ``run`` raised (None after a complete run), and the lifecycle
-    #: hook that raised, if it was one (``before_stage``/``after_stage``).
-    failed: str | None = None
-    failed_hook: str | None = None
-    #: The registry the stages came from (names the plugin of each stage in error messages).
-    registry: Registry | None = None
-
-    def pending(self) -> list[str]:
-        """Kinds whose store is not in the cache yet."""
-        cache = self.base.cache
-        return [k for k, s in self.stages.items()
-                if cache.lookup(k, s.name, self.keys[k]) is None]
-
-    def estimate_bytes(self) -> int:
-        """Bytes the pending stages will write."""
-        ctx = self.base
-        return sum(int(self.stages[k].estimate_bytes(ctx)) for k in self.pending()
-                   if hasattr(self.stages[k], "estimate_bytes"))
-
-    def _context(self, kinds: list[str]) -> StageContext:
-        cache = self.base.cache
-        needed = {k for kind in kinds for k in self.stages[kind].requires if k in self.results}
-        inputs = {k: cache.open(self.results[k].path) for k in sorted(needed)}
-        return dataclasses.replace(self.base, inputs=inputs, output=None)
-
-    def run(self) -> dict[str, StageResult]:
-        """Run every stage through ``run_stage`` with the lifecycle hooks around it."""
-        hook = self.pm.hook
-        for kind, stage in self.stages.items():
-            if kind == EDITOR and BLENDER in self.stages:
-                continue  # runs inside the loop, with the blender
-            kinds = [EDITOR, BLENDER] if kind == BLENDER else [kind]
-            ctx = self._context(kinds)
-            observed = [(k, self.stages[k]) for k in kinds]  # the loop runs editor and blender
-            self.failed, self.failed_hook = kind, "before_stage"
-            for k, s in observed:
-                hook.before_stage(ctx=ctx, stage=s, key=self.keys[k])
-            self.failed_hook = None
-            try:
-                result = hook.run_stage(ctx=ctx, stage=stage)
-            except BaseException as exc:
-                self.failed_hook = "on_stage_error"
-                for k, s in observed:
-                    hook.on_stage_error(ctx=ctx, stage=s, key=self.keys[k], error=exc)
-                self.failed_hook = None
-                raise
-            self.results[kind] = result
-            if kind == BLENDER:
-                editor = self.stages[EDITOR]
-                self.results[EDITOR] = StageResult(
-                    EDITOR, editor.name, self.keys[EDITOR],
-                    self.base.cache.path(EDITOR, editor.name, self.keys[EDITOR]),
-                    cached=result.cached, seconds=result.seconds, stats=result.stats)
-            self.failed_hook = "after_stage"
-            for k, s in observed:
-                hook.after_stage(ctx=ctx, stage=s, key=self.keys[k], result=self.results[k])
-            self.failed_hook = None
-        self.failed = None
-        return self.results
-
-
 def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry | None = None,
               choices: Mapping[str, str] | None = None,
               params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -259,9 +177,9 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
     computed. ``cache``: a :class:`tokenflow.cache.StageCache` or its
     directory; ``runtime``: knobs that do not change outputs (``unet_batch``). Raises
     :class:`ParamError` or :class:`StageError` for a run that cannot be planned."""
-    from .cache.store import StageCache
-    from .registry import build_registry
-    from .video import frames_hash
+    from tokenflow.cache.store import StageCache
+    from tokenflow.registry import build_registry
+    from tokenflow.video import frames_hash
 
     registry = registry if registry is not None else build_registry(pm)
     stages = plan(registry, config, choices=choices, params=params,
@@ -280,5 +198,4 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
     return Job(pm=pm, stages=stages, keys=keys, base=base, registry=registry)
 
 
-__all__ = ["DEFAULT_STAGES", "FEATURES", "Job", "build_job", "compute_keys", "plan",
-           "resolve_option"]
+__all__ = ["DEFAULT_STAGES", "build_job", "compute_keys", "plan", "resolve_option"]

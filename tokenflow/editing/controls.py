@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stages import StageError
+from tokenflow.stages import StageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ControlExtractor:
 
 def control_extractors(pm) -> dict[str, ControlExtractor]:
     """Every extractor registered through ``register_control_extractors``, by name."""
-    from .registry import RegistryError, call_discovery_hook
+    from tokenflow.registry import RegistryError, call_discovery_hook
 
     found: dict[str, ControlExtractor] = {}
 

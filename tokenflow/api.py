@@ -1,0 +1,498 @@
+"""One way to run an edit, for every front end: :func:`edit` (and :func:`invert`).
+
+``tf run``, ``tf invert`` and ``tf compare`` are thin wrappers over these; a notebook, a batch
+runner or a web UI calls them the same way::
+
+    import tokenflow
+    result = tokenflow.edit("clip.mp4", prompt="a blue ball on a checkered floor", out="out/ball")
+    result.frames                 # the edited frames, (N, H, W, 3) uint8
+    result.record["keys"]         # what run.json holds
+    result.dataset("features", group="8x8x64")   # any stage's store, with named dims
+
+The steps, in order: :func:`prepare` (read and resize the video, load the model, check that the
+frames fit in memory), :func:`plan_edit` (choose the stages, apply parameters, hash the cache
+keys; a run that cannot work is refused here, before anything is computed), :func:`run_job`
+(check the cache is writable and has room, then compute what is not cached) and, with ``out``,
+the output folder (:mod:`tokenflow.outputs`). Every failure is an :class:`EditError` with a
+one-line message; ``usage`` tells a bad request from a failed run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tokenflow.params import ParamError
+from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageError
+
+#: Environment variable: the default stage-cache directory (else ``./cache``).
+CACHE_ENV = "TOKENFLOW_CACHE_DIR"
+#: Environment variable: at most one checkpoint of a long stage per that many seconds.
+CHECKPOINT_ENV = "TOKENFLOW_CHECKPOINT_SECONDS"
+#: Above this estimate a run mentions the option that keeps the feature store small.
+LARGE_CACHE = 8 * 2**30
+#: What shrinks the cache, said when it does not fit or is large.
+SHRINK_HINT = ("-o features.store_tokens false keeps the feature store small (tokens are then "
+               "recomputed when read; see docs/cache.md)")
+
+Log = Callable[[str], None]
+Progress = Callable[[str, int, int], None]
+
+
+class EditError(Exception):
+    """An edit could not be planned or run; the message is one line for the user. ``usage`` is
+    True when the request itself is wrong (a size, a stage, a parameter), False when running it
+    failed. The original exception, if any, is the ``__cause__``."""
+
+    def __init__(self, message: str, *, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+def human_bytes(n: float) -> str:
+    """``1.5 GB``-style size."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
+def cache_root(value: str | os.PathLike | None) -> Path:
+    """The stage-cache directory: ``value``, else ``$TOKENFLOW_CACHE_DIR``, else ``./cache``;
+    refused if it is a file."""
+    root = Path(value or os.environ.get(CACHE_ENV) or "cache")
+    if root.exists() and not root.is_dir():
+        raise EditError(f"--cache-dir {root} is a file, not a directory")
+    return root
+
+
+def _say(log: Log | None, text: str) -> None:
+    if log is not None:
+        log(text)
+
+
+# --------------------------------------------------------------------------------- preparing
+
+
+@dataclass
+class Source:
+    """A video ready to edit: the model, the decoded clip and its frames at the working size."""
+
+    model: Any
+    clip: Any
+    frames: np.ndarray
+
+
+def _total_memory(device) -> tuple[int, str]:
+    """Bytes of memory the run's device has, and what to call it."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, f"the GPU {device}"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: no check
+        return 0, "this machine"
+
+
+def check_memory(model, n: int, height: int, width: int, size) -> None:
+    """Refuse a working size whose frames cannot fit in memory.
+
+    A lower bound, never an overestimate: the resized frames (uint8), and one frame through the
+    VAE's first block (its input and output, ``block_out_channels[0]`` channels at full size).
+    """
+    import torch
+
+    frames = n * height * width * 3
+    vae = 2 * model.vae.config.block_out_channels[0] * height * width
+    vae *= torch.finfo(model.dtype).bits // 8
+    need = frames + vae
+    have, where = _total_memory(model.device)
+    if have and need > have:
+        given = f"--size {size}" if size else f"the video's size (native {model.native_size})"
+        raise EditError(
+            f"{given} makes {n} frames of {width}x{height}, which need at least "
+            f"{human_bytes(need)} of memory ({human_bytes(frames)} for the frames, "
+            f"{human_bytes(vae)} for the VAE on one frame) and {where} has {human_bytes(have)}; "
+            f"use a smaller --size (the model's native size is {model.native_size}) or fewer "
+            "--frames")
+
+
+def quiet_libraries() -> None:
+    """tokenflow shows its own progress; silence the libraries' bars and info chatter."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+
+
+def prepare(video, *, model=None, revision: str | None = None, device=None, dtype=None,
+            frames: int | None = None, stride: int = 1, size=None,
+            log: Log | None = None) -> Source:
+    """Read ``video`` (a path, or a :class:`tokenflow.video.Video`), load ``model`` (None for
+    the embedded model, a directory or hub id, or a loaded :class:`tokenflow.models.Model`) and
+    resize the frames to the working size (``size``: short side, ``(width, height)`` or
+    ``"WxH"``; default the model's native size). Cheap checks come first: the size and the
+    video are read before the (slow) model is loaded. Notes go to ``log``."""
+    from tokenflow.models import Model, ModelError, load_model, parse_dtype
+    from tokenflow.video import Video, VideoError, parse_size, read_video, resize_frames, working_size
+
+    try:
+        requested = parse_size(size) if isinstance(size, str) else size
+    except VideoError as exc:
+        raise EditError(f"--size: {exc}", usage=True) from exc
+    try:
+        clip = video if isinstance(video, Video) else read_video(video, frames=frames, stride=stride)
+    except VideoError as exc:
+        raise EditError(str(exc)) from exc
+    quiet_libraries()
+    if isinstance(model, Model):
+        loaded = model
+    else:
+        try:
+            torch_dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
+            loaded = load_model(model, device=device, dtype=torch_dtype, revision=revision)
+        except ModelError as exc:
+            raise EditError(str(exc)) from exc
+        _say(log, f"note: no --model given; using {loaded.label}" if model is None
+             else f"model: {loaded.label}")
+    try:
+        height, width = working_size(clip.frames.shape[1], clip.frames.shape[2], requested,
+                                     native=loaded.native_size)
+    except VideoError as exc:
+        raise EditError(str(exc)) from exc
+    check_memory(loaded, len(clip), height, width, size)
+    resized = resize_frames(clip.frames, height, width)
+    for note in clip.notes:
+        _say(log, f"note: {note}")
+    if frames is not None and len(clip) < frames:
+        _say(log, f"note: --frames {frames} asked for more frames than the video has; "
+                  f"using all {len(clip)}")
+    if len(clip) == 1:
+        _say(log, "note: the video has 1 frame: nothing to propagate, so this is a plain edit "
+                  "of one image")
+    sides = [requested] if isinstance(requested, int) else list(requested or ())
+    if any(side % 64 for side in sides):
+        _say(log, f"note: --size {size} rounded to multiples of 64: working size "
+                  f"{width}x{height}")
+    _say(log, f"video: {len(clip)} frames at {clip.fps:g} fps, "
+              f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
+    return Source(model=loaded, clip=clip, frames=resized)
+
+
+# --------------------------------------------------------------------------------- planning
+
+
+def stage_choices(stages: Mapping[str, str] | None, editor: str | None) -> dict[str, str]:
+    """``{kind: name}`` of the stages picked instead of the defaults; ``editor`` is the
+    editor's."""
+    choices = dict(stages or {})
+    unknown = set(choices) - set(KINDS)
+    if unknown:
+        raise EditError(f"unknown stage kind {sorted(unknown)[0]!r}; kinds: {', '.join(KINDS)}",
+                        usage=True)
+    if editor is not None:
+        if choices.get(EDITOR, editor) != editor:
+            raise EditError(f"--editor {editor} contradicts --stage editor={choices[EDITOR]}",
+                            usage=True)
+        choices[EDITOR] = editor
+    return choices
+
+
+def runtime_options(unet_batch: int) -> dict[str, Any]:
+    """Knobs that do not change outputs: UNet batch, and how often long stages checkpoint
+    (env TOKENFLOW_CHECKPOINT_SECONDS: at most one checkpoint per that many seconds; default 0,
+    every inversion step: a crash loses at most one step)."""
+    knobs: dict[str, Any] = {"unet_batch": unet_batch}
+    every = os.environ.get(CHECKPOINT_ENV)
+    if every:
+        try:
+            knobs["checkpoint_seconds"] = max(0.0, float(every))
+        except ValueError:
+            raise EditError(f"{CHECKPOINT_ENV}={every!r} is not a number of seconds",
+                            usage=True) from None
+    return knobs
+
+
+def plugins(pm=None, registry=None, *, log: Log | None = None):
+    """The plugin manager and the stage registry (given ones are used as they are); a plugin
+    that failed to import is skipped with one warning line (to ``log``) naming it."""
+    from tokenflow.manager import PluginLoadError, make_plugin_manager
+    from tokenflow.registry import RegistryError, build_registry
+
+    try:
+        fresh = pm is None
+        pm = make_plugin_manager() if fresh else pm
+        registry = build_registry(pm) if registry is None else registry
+    except (PluginLoadError, RegistryError) as exc:
+        raise EditError(str(exc)) from exc
+    if fresh:
+        for message in pm.failures.values():
+            _say(log, f"warning: {message}; skipped")
+    return pm, registry
+
+
+def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None = None,
+              stages: Mapping[str, str] | None = None, options: Sequence[tuple[str, Any]] = (),
+              inversion_prompt: str | None = None, negative_prompt: str | None = None,
+              guidance: float | None = None, seed: int | None = 1, steps: int = 50,
+              inversion_steps: int | None = None, batch_size: int = 8, until: str = BLENDER,
+              cache_dir=None, pm=None, registry=None, unet_batch: int | None = None,
+              quiet: bool = True, progress: Progress | None = None):
+    """Plan an edit of ``source`` and hash its keys: a :class:`tokenflow.run.Job` (nothing is
+    computed). Parameters come from the model's suggested defaults, then the dedicated
+    arguments, then ``options`` (``-o KEY VALUE`` pairs); ``stages`` picks other installed
+    stages (``{kind: name}``), ``editor`` the editor. ``until="features"`` plans inversion and
+    the feature store only."""
+    from tokenflow.manager import blame
+    from tokenflow.plan import build_job
+
+    choices = stage_choices(stages, editor)
+    pm, registry = plugins(pm, registry)
+    config = RunConfig(steps=steps, batch_size=batch_size)
+    params = {
+        "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
+        "keyframes": {"seed": seed},
+        "editor": {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance},
+    }
+    try:
+        job = build_job(pm, source.model, source.frames, config, cache=cache_root(cache_dir),
+                        registry=registry, choices=choices, params=params,
+                        options=[tuple(o) for o in options], until=until, quiet=quiet,
+                        runtime=runtime_options(unet_batch or batch_size))
+    except EditError:
+        raise
+    except (ParamError, StageError) as exc:
+        raise EditError(str(exc), usage=True) from exc
+    except Exception as exc:  # a plugin's bug while the run is planned: one line, named
+        culprit = blame(pm, exc, registry)
+        where = f" in plugin {culprit}" if culprit else ""
+        raise EditError(f"planning the run failed{where}: {type(exc).__name__}: "
+                        f"{one_line(exc)} (--debug shows the traceback)") from exc
+    job.base.on_progress = progress
+    return job
+
+
+# --------------------------------------------------------------------------------- running
+
+
+def _free_bytes(path: Path) -> int:
+    path = path.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def preflight(job, log: Log | None = None) -> None:
+    """Before any work: every store to write must be writable, and the cache must have room."""
+    root = job.base.cache.root
+    pending = job.pending()
+    for kind in pending:
+        folder = root / kind
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise EditError(f"the cache directory {folder} is not writable "
+                            f"({exc.strerror or exc}); pass another --cache-dir") from None
+    if not pending:
+        _say(log, f"cache {root}: every stage is cached")
+        return
+    need = job.estimate_bytes()
+    _say(log, f"cache {root}: computing {', '.join(pending)}; about {human_bytes(need)} to write")
+    free = _free_bytes(root)
+    if need > free:
+        raise EditError(f"the cache needs about {human_bytes(need)} but only "
+                        f"{human_bytes(free)} is free at {root}; {SHRINK_HINT}")
+    if need > LARGE_CACHE and FEATURES in pending:
+        _say(log, f"note: {SHRINK_HINT}")
+
+
+def run_job(job, log: Log | None = None) -> dict:
+    """Preflight, then run a planned job; any error becomes an :class:`EditError` whose message
+    names the stage and the plugin whose code raised it."""
+    try:
+        preflight(job, log)
+        return job.run()
+    except EditError:
+        raise
+    except (StageError, ParamError) as exc:
+        raise EditError(str(exc)) from exc
+    except Exception as exc:  # a bug, in a plugin or in tokenflow: one line, named
+        raise EditError(job.failure_line(exc)) from exc
+
+
+# --------------------------------------------------------------------------------- results
+
+
+@dataclass
+class EditResult:
+    """What :func:`edit` returns: the planned job, every stage's result, the source, and (with
+    ``out``) the output folder. ``frames``, ``record`` and the stores are read on demand."""
+
+    job: Any
+    results: dict[str, Any]
+    source: Source
+    out: Path | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def keys(self) -> dict[str, str]:
+        """Every stage's cache key, by kind."""
+        return dict(self.job.keys)
+
+    def store(self, kind: str):
+        """The Zarr group of a stage's store (read only)."""
+        if kind not in self.results:
+            raise KeyError(f"no {kind} store in this run; stores: {', '.join(self.results)}")
+        return self.job.base.cache.open(self.results[kind].path)
+
+    def dataset(self, kind: str, group: str | None = None):
+        """A stage's store (or one of its groups) as an ``xarray.Dataset`` with named dims."""
+        import xarray as xr
+
+        return xr.open_zarr(str(self.results[kind].path), group=group, consolidated=False)
+
+    @property
+    def frames(self) -> np.ndarray:
+        """The edited frames, ``(N, H, W, 3)`` uint8."""
+        return np.asarray(self.store(BLENDER)["frames"][...])
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The run record (what ``run.json`` holds): parameters, model, keys, timings."""
+        from tokenflow.outputs import run_record
+
+        return run_record(self.job, self.results, self.source.clip, self.source.frames,
+                          seconds=self.seconds)
+
+
+def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
+         overwrite: bool = False, cache_dir=None, options: Sequence[tuple[str, Any]] | Mapping
+         = (), stages: Mapping[str, str] | None = None, inversion_prompt: str | None = None,
+         negative_prompt: str | None = None, guidance: float | None = None, seed: int = 1,
+         steps: int = 50, inversion_steps: int | None = None, batch_size: int = 8,
+         frames: int | None = None, stride: int = 1, size=None, device=None, dtype=None,
+         revision: str | None = None, unet_batch: int | None = None, pm=None, registry=None,
+         progress: Progress | None = None, log: Log | None = None,
+         quiet: bool = True) -> EditResult:
+    """Edit ``video`` to follow ``prompt`` with TokenFlow, as ``tf run`` does.
+
+    ``video``: a video file or frame folder, a :class:`tokenflow.video.Video`, or a
+    :class:`Source` from :func:`prepare` (then ``model`` and the frame options are its); ``model``:
+    None (the embedded model), a diffusers directory or hub id, or a loaded
+    :class:`tokenflow.models.Model`; ``editor``: an installed editor (default ``pnp``);
+    ``options``: stage parameters as ``{"KEY": value}`` or ``[(KEY, value)]`` (``-o``);
+    ``stages``: ``{kind: name}``. ``out``: write the output folder there (``edited.mp4``,
+    ``frames/``, ``run.json``, ...); an existing folder holding another run is refused unless
+    ``overwrite``. ``progress(description, done, total)`` is called as long stages advance;
+    ``log(line)`` receives notes; ``quiet=False`` shows tqdm bars on stderr. Raises
+    :class:`EditError`.
+    """
+    from tokenflow.outputs import check_output_dir, write_outputs
+
+    start = time.perf_counter()
+    if not str(prompt).strip():
+        raise EditError("--prompt is empty: describe the edited video, e.g. "
+                        "--prompt 'a red car on a snowy road'", usage=True)
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        _say(log, text)
+
+    root = cache_root(cache_dir)
+    pm, registry = plugins(pm, registry, log=note)
+    stage_choices(stages, editor)  # cheap checks before the model loads
+    source = video if isinstance(video, Source) else prepare(
+        video, model=model, revision=revision, device=device, dtype=dtype, frames=frames,
+        stride=stride, size=size, log=note)
+    if source.model.prompt_truncated(prompt):
+        note(f"note: the prompt is longer than {source.model.tokenizer.model_max_length} tokens "
+             "and was truncated")
+    pairs = list(options.items()) if isinstance(options, Mapping) else list(options)
+    job = plan_edit(source, prompt=prompt, editor=editor, stages=stages, options=pairs,
+                    inversion_prompt=inversion_prompt, negative_prompt=negative_prompt,
+                    guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
+                    batch_size=batch_size, cache_dir=root, pm=pm, registry=registry,
+                    unet_batch=unet_batch, quiet=quiet, progress=progress)
+    out = Path(out) if out is not None else None
+    try:
+        if out is not None:
+            check_output_dir(out, job.keys[BLENDER], overwrite=overwrite)
+        results = run_job(job, note)
+        result = EditResult(job=job, results=results, source=source, out=out, notes=notes)
+        result.seconds = time.perf_counter() - start
+        if out is not None:
+            write_outputs(out, job, results, source.clip, source.frames, overwrite=overwrite,
+                          seconds=result.seconds)
+    except FileExistsError as exc:
+        raise EditError(str(exc)) from exc
+    return result
+
+
+@dataclass
+class InvertResult:
+    """What :func:`invert` returns: the job, the inversion's and feature store's results, and
+    the reconstruction check (``psnr``: per frame, mean, min, and the VAE's own) if asked."""
+
+    job: Any
+    results: dict[str, Any]
+    source: Source
+    psnr: dict[str, Any] | None = None
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {k: r.key for k, r in self.results.items()}
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return {k: str(r.path) for k, r in self.results.items()}
+
+
+def invert(video, *, model=None, check: bool = True, cache_dir=None,
+           options: Sequence[tuple[str, Any]] = (), stages: Mapping[str, str] | None = None,
+           inversion_prompt: str | None = None, steps: int = 50,
+           inversion_steps: int | None = None, batch_size: int = 8, frames: int | None = None,
+           stride: int = 1, size=None, device=None, dtype=None, revision: str | None = None,
+           pm=None, registry=None, progress: Progress | None = None, log: Log | None = None,
+           quiet: bool = True) -> InvertResult:
+    """Run inversion and the feature store only (as ``tf invert``); with ``check``, regenerate
+    from the inverted noise and report the reconstruction PSNR per frame."""
+    root = cache_root(cache_dir)
+    pm, registry = plugins(pm, registry, log=log)
+    source = prepare(video, model=model, revision=revision, device=device, dtype=dtype,
+                     frames=frames, stride=stride, size=size, log=log)
+    job = plan_edit(source, stages=stages, options=list(options), seed=None,
+                    inversion_prompt=inversion_prompt, steps=steps,
+                    inversion_steps=inversion_steps, batch_size=batch_size, until=FEATURES,
+                    cache_dir=root, pm=pm, registry=registry, quiet=quiet, progress=progress)
+    results = run_job(job, log)
+    result = InvertResult(job=job, results=results, source=source)
+    if check:
+        from tokenflow.editing.reconstruction import reconstruction_check
+
+        result.psnr = reconstruction_check(job, results)
+    return result
+
+
+__all__ = ["EditError", "EditResult", "InvertResult", "Source", "edit", "invert", "plan_edit",
+           "prepare", "run_job"]

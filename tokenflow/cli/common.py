@@ -1,0 +1,100 @@
+"""What the commands share: thread settings, --debug, one-line errors, notes on stderr, the
+input options of run/invert/compare."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from tokenflow.api import CACHE_ENV, EditError
+from tokenflow.stages import KINDS
+
+DEBUG_ENV = "TOKENFLOW_DEBUG"
+
+
+def setup_threads() -> None:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def debug() -> bool:
+    """``tf --debug`` or ``TOKENFLOW_DEBUG=1``: tracebacks instead of one-line errors."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.find_root().params.get("debug"):
+        return True
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def fail(exc: EditError):
+    """The click exception for an :class:`EditError` (usage errors exit 2); with --debug the
+    exception that caused it (with its traceback), or the error itself."""
+    if debug():
+        return exc.__cause__ or exc
+    return click.UsageError(str(exc)) if exc.usage else click.ClickException(str(exc))
+
+
+def say(quiet: bool, text: str) -> None:
+    if not quiet:
+        click.echo(text, err=True)
+
+
+def logger(quiet: bool):
+    """Where the API's notes go: stderr, unless quiet."""
+    return None if quiet else (lambda text: click.echo(text, err=True))
+
+
+def manager_and_registry(*, warn: bool = True):
+    """The plugin manager and the stage registry; a plugin that failed to import is skipped
+    with one warning line naming it and its distribution."""
+    from tokenflow.api import plugins
+
+    try:
+        return plugins(log=(lambda text: click.echo(text, err=True)) if warn else None)
+    except EditError as exc:
+        raise fail(exc) from None
+
+
+def common_input_options(f):
+    options = [
+        click.option("--model", "model", default=None, metavar="M",
+                     help="Diffusers SD checkpoint: a local directory or a hub id. "
+                          "Default: the embedded model (CPU-sized, knows tokenflow.embedded.world)."),
+        click.option("--revision", default=None, help="Hub revision of --model."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)."),
+        click.option("--dtype", default=None, help="float32 or float16 (default: float16 on CUDA, else float32)."),
+        click.option("--inversion-prompt", default=None, help='Describes the source video (default "").'),
+        click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000),
+                     help="Editing (denoising) steps."),
+        click.option("--inversion-steps", default=None, type=click.IntRange(1, 1000),
+                     help="DDIM inversion steps (default: the model's, else 500; the editing "
+                          "grid must lie on the inversion grid)."),
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1),
+                     help="Frames per chunk (one keyframe per chunk per step)."),
+        click.option("--frames", "n_frames", default=None, type=click.IntRange(1),
+                     help="Use at most N frames."),
+        click.option("--stride", default=1, show_default=True, type=click.IntRange(1),
+                     help="Use every K-th frame."),
+        click.option("--size", default=None,
+                     help="Short side S, or WxH; rounded to multiples of 64 (default: model's native)."),
+        click.option("--cache-dir", default=None, help=f"Stage cache (env {CACHE_ENV}, default ./cache)."),
+        click.option("-o", "options", multiple=True, nargs=2, metavar="KEY VALUE",
+                     help="Set a stage parameter: KIND.PARAM, NAME.PARAM or PARAM."),
+        click.option("--stage", "stage_choices", multiple=True, metavar="KIND=NAME",
+                     help="Use another installed stage for a kind, e.g. keyframes=random."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_choices(pairs) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        kind, sep, name = pair.partition("=")
+        if not sep or kind not in KINDS:
+            raise click.UsageError(f"--stage {pair!r}: expected KIND=NAME with KIND one of {', '.join(KINDS)}")
+        out[kind] = name
+    return out
+
+

@@ -1,0 +1,256 @@
+"""Building blocks for editors: text parameters, PnP's injection schedule, and
+:class:`KeyframeEditor`, a complete implementation of the :class:`tokenflow.stages.Editor`
+protocol that edits the keyframes jointly and lets the blender propagate (docs/algorithm.md,
+section 4).
+
+The built-in ``pnp``, ``sdedit`` and ``controlnet`` editors are subclasses that only choose what
+is injected (:meth:`KeyframeEditor.injection`), where on the grid the loop starts
+(:meth:`KeyframeEditor.first_step`) and what else the UNet gets
+(:meth:`KeyframeEditor.unet_extra`). A third-party editor may subclass it the same way, or
+implement the protocol from scratch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from tokenflow.editing.loop import EditorOutput, EditRun, EditStep, start_latents
+from tokenflow.params import Params
+from tokenflow.stages import (
+    CORRESPONDENCE,
+    EDITOR,
+    FEATURES,
+    INVERSION,
+    KEYFRAMES,
+    StageBase,
+    StageError,
+)
+
+DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
+#: Self-attention layers whose queries and keys PnP injects (module-path prefixes): every
+#: decoder layer but the first at the lowest resolution; none in the encoder or the middle.
+PNP_QK_LAYERS: tuple[str, ...] = (
+    "up_blocks.1.attentions.1.",
+    "up_blocks.1.attentions.2.",
+    "up_blocks.2.attentions.0.",
+    "up_blocks.2.attentions.1.",
+    "up_blocks.2.attentions.2.",
+    "up_blocks.3.attentions.0.",
+    "up_blocks.3.attentions.1.",
+    "up_blocks.3.attentions.2.",
+)
+#: ResNets whose residual branch PnP injects, by default.
+PNP_CONV_LAYERS: tuple[str, ...] = ("up_blocks.1.resnets.1",)
+
+
+@dataclass(frozen=True)
+class TextParams(Params):
+    """What every text-guided editor takes: ``prompt``, the target prompt; ``negative_prompt``,
+    the unconditional branch's text; ``guidance_scale``, the CFG scale."""
+
+    prompt: str = ""
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    guidance_scale: float = 7.5
+
+
+@dataclass(frozen=True)
+class PnPParams(TextParams):
+    """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
+    ``guidance_scale``: CFG scale; ``pnp_attn_t`` / ``pnp_f_t``: fractions of the editing steps,
+    from the noisiest, with query/key and conv injection; ``conv_layers``: the ResNets whose
+    residual is injected (docs/algorithm.md: ``up_blocks.1.resnets.1``)."""
+
+    pnp_attn_t: float = 0.5
+    pnp_f_t: float = 0.8
+    conv_layers: tuple[str, ...] = PNP_CONV_LAYERS
+
+    def __post_init__(self) -> None:
+        for name in ("pnp_attn_t", "pnp_f_t"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+
+    def feature_needs(self) -> dict[str, dict[str, Any]]:
+        """What the feature store must keep for this injection: the conv residuals of
+        ``conv_layers`` for the first ``pnp_f_t`` of the steps (an ``upstream_params`` value)."""
+        return {FEATURES: {"conv_layers": self.conv_layers, "conv_t": self.pnp_f_t}}
+
+
+@dataclass(frozen=True)
+class Injection:
+    """What an editor injects from the source branch, and for how many of the first steps.
+
+    ``qk_layers``: module-path prefixes of the self-attention layers whose queries and keys are
+    replaced by the source's, during the first ``qk_steps`` steps (keyframe calls only);
+    ``conv_layers``: ResNets whose residual is replaced by the source's during the first
+    ``conv_steps`` steps (keyframe and propagation calls).
+    """
+
+    qk_layers: tuple[str, ...] = ()
+    qk_steps: int = 0
+    conv_layers: tuple[str, ...] = ()
+    conv_steps: int = 0
+
+    @classmethod
+    def pnp(cls, params: PnPParams, steps: int) -> Injection:
+        """PnP's schedule on a grid of ``steps``: q/k in :data:`PNP_QK_LAYERS` for
+        ``int(pnp_attn_t * steps)`` steps, conv residuals for ``int(pnp_f_t * steps)``."""
+        return cls(qk_layers=PNP_QK_LAYERS, qk_steps=int(params.pnp_attn_t * steps),
+                   conv_layers=tuple(params.conv_layers), conv_steps=int(params.pnp_f_t * steps))
+
+
+def check_strength(strength: float) -> None:
+    """``ValueError`` unless ``0 < strength <= 1`` (for a Params ``__post_init__``)."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError("strength must be in (0, 1]")
+
+
+def sdedit_steps(steps: int, strength: float) -> tuple[int, int]:
+    """``(first, n)``: the grid index an SDEdit-style loop starts at and how many steps it runs
+    (diffusers' img2img convention: ``n = min(int(steps * strength), steps)``)."""
+    n = min(int(steps * strength), steps)
+    return steps - n, n
+
+
+def strength_first_step(run: EditRun, strength: float, editor: str) -> int:
+    """The grid index a loop at ``strength`` starts at, or a StageError if it would run none."""
+    first, n = sdedit_steps(len(run.timesteps), strength)
+    if n == 0:
+        raise StageError(f"{editor}: strength {strength} runs no step of a "
+                         f"{len(run.timesteps)}-step grid; raise it or --steps")
+    return first
+
+
+def guided(output: torch.Tensor, scale: float) -> torch.Tensor:
+    """CFG on a branch-major [uncond, cond] batch."""
+    uncond, cond = output.chunk(2)
+    return uncond + scale * (cond - uncond)
+
+
+class KeyframeEditor(StageBase):
+    """Edits the K keyframes of a step jointly (one UNet call, branches [uncond, cond], extended
+    attention across the keyframes of a branch), with the source injection of
+    :meth:`injection`, and returns their self-attention outputs for the blender to propagate.
+    :meth:`predict` is the call the ``tokenflow`` blender makes on every chunk of frames.
+
+    With ``propagates = False`` (the per-frame baselines) every frame is edited on its own, in
+    chunks, with no extended attention, and the editor takes the DDIM step itself.
+
+    Subclasses set ``name``, ``version``, ``Params`` (with :class:`TextParams`' fields) and
+    ``summary``, and override what differs: :meth:`injection`, :meth:`first_step`,
+    :meth:`unet_extra`, :meth:`start`.
+    """
+
+    kind = EDITOR
+    #: The version of this shared machinery. Subclasses set their own ``version``; one whose
+    #: output depends on this code may hash ``KeyframeEditor.version`` through ``key_inputs``.
+    version = 1
+    requires = (INVERSION, FEATURES, KEYFRAMES, CORRESPONDENCE)
+    reads_config = ("steps", "batch_size")
+    Params = TextParams
+    #: Whether the blender propagates this editor's keyframe tokens to all frames.
+    propagates: ClassVar[bool] = True
+    #: Whether the keyframes attend to each other (extended attention) in the keyframe call.
+    extended: ClassVar[bool] = True
+
+    # -- what subclasses choose ---------------------------------------------------------------
+
+    def injection(self, steps: int) -> Injection:
+        """What is injected on a grid of ``steps`` timesteps; nothing by default."""
+        return Injection()
+
+    def first_step(self, run: EditRun) -> int:
+        """The grid index the loop starts at (0: from the fully inverted noise)."""
+        return 0
+
+    def unet_extra(self, step: EditStep, frames: list[int]):
+        """Extra UNet inputs for a call on ``frames`` (``EditRun.call_unet``'s ``extra``), or
+        None. The ControlNet editor returns its residuals."""
+        return None
+
+    # -- the Editor protocol ------------------------------------------------------------------
+
+    def estimate_bytes(self, ctx) -> int:
+        n, h, w = ctx.frames.shape[:3]
+        k = n if not self.propagates else -(-n // ctx.config.batch_size)
+        f = ctx.model.vae_scale_factor
+        latents = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
+        return ctx.config.steps * k * (latents + 8)
+
+    def conv_layers(self, run: EditRun) -> Sequence[str]:
+        return self.injection(len(run.timesteps)).conv_layers
+
+    def start(self, run: EditRun) -> dict[str, Any]:
+        """Per-run state: the text embeddings and the injected layers present in this UNet."""
+        inject = self.injection(len(run.timesteps))
+        if run.features.conv_steps < inject.conv_steps:
+            raise StageError(
+                f"the feature store keeps conv residuals for {run.features.conv_steps} steps; "
+                f"{self.name} injects them for {inject.conv_steps}"
+            )
+        qk = [layer for layer in run.layers if inject.qk_layers and layer.startswith(inject.qk_layers)]
+        if inject.qk_layers and not qk:
+            raise StageError(f"the UNet has none of {self.name}'s injection layers "
+                             f"({', '.join(p.rstrip('.') for p in inject.qk_layers)})")
+        text = run.model.encode_prompts([self.params.negative_prompt, self.params.prompt])
+        return {"text": text, "qk_layers": qk, "injection": inject}
+
+    def initial_latents(self, run: EditRun) -> torch.Tensor:
+        return start_latents(run, run.timesteps[self.first_step(run)])
+
+    def injections(self, step: EditStep, frames: list[int]) -> tuple[dict, dict]:
+        """The source queries/keys (``inject``) and conv residuals (``conv``) for ``frames`` at
+        this step, as ``EditRun.call_unet`` takes them."""
+        run, i = step.run, step.index
+        inject: Injection = run.editor_state["injection"]
+        qk = {}
+        if i < inject.qk_steps:
+            qk = {layer: run.features.tokens(i, layer, frames)
+                  for layer in run.editor_state["qk_layers"]}
+        conv = run.conv_inputs(i, frames, inject.conv_layers) if i < inject.conv_steps else {}
+        return qk, conv
+
+    def edit_step(self, step: EditStep) -> EditorOutput:
+        if not self.propagates:
+            return self.edit_frames(step)
+        run, frames = step.run, step.keyframes
+        inject, conv = self.injections(step, frames)
+        keep: dict[str, torch.Tensor] = {}
+        out = run.call_unet(step.latents[frames], step.timestep, run.editor_state["text"],
+                            n_branches=2, extended=self.extended, inject=inject, conv=conv,
+                            keep=keep, extra=self.unet_extra(step, frames))
+        k = len(frames)
+        tokens = {layer: v.reshape(2, k, *v.shape[1:]) for layer, v in keep.items()}
+        return EditorOutput(tokens=tokens, model_output=guided(out, self.params.guidance_scale))
+
+    def predict(self, step: EditStep, frames: list[int], latents: torch.Tensor, *,
+                provide=None) -> torch.Tensor:
+        """Guided model output for ``frames`` with conv injection and the given propagation."""
+        run = step.run
+        _, conv = self.injections(step, frames)
+        out = run.call_unet(latents, step.timestep, run.editor_state["text"], n_branches=2,
+                            conv=conv, provide=provide, extra=self.unet_extra(step, frames))
+        return guided(out, self.params.guidance_scale)
+
+    def edit_frames(self, step: EditStep) -> EditorOutput:
+        """Every frame edited on its own, chunk by chunk (no extended attention, no
+        propagation), then a DDIM step: what ``edit_step`` does when ``propagates`` is False."""
+        run = step.run
+        outputs, latents = [], []
+        for frames in run.chunks():
+            inject, conv = self.injections(step, frames)
+            x = step.latents[frames]
+            out = run.call_unet(x, step.timestep, run.editor_state["text"], n_branches=2,
+                                inject=inject, conv=conv, extra=self.unet_extra(step, frames))
+            g = guided(out, self.params.guidance_scale)
+            outputs.append(g)
+            latents.append(step.ddim(g, x))
+        return EditorOutput(tokens={}, model_output=torch.cat(outputs), latents=torch.cat(latents))
+
+
+__all__ = ["DEFAULT_NEGATIVE_PROMPT", "Injection", "KeyframeEditor", "PNP_CONV_LAYERS",
+           "PNP_QK_LAYERS", "PnPParams", "TextParams", "check_strength", "guided", "sdedit_steps",
+           "strength_first_step"]

@@ -1,0 +1,101 @@
+"""Validating a diffusers Stable Diffusion checkpoint before loading it: configs, the UNet block
+layout TokenFlow hooks into, and safetensors weights (pickles are never loaded)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import UNet2DConditionModel
+
+
+class ModelError(ValueError):
+    """One clear line for the user: not a diffusers SD checkpoint, unsupported (e.g. SDXL), missing files, etc."""
+
+
+class MissingFiles(ModelError):
+    """Files are absent (for Hub ids this can mean an incomplete cache, so a download is worth trying)."""
+
+
+#: Stable Diffusion's DDIM settings; used for keys missing from a checkpoint's scheduler config.
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1, "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# (subfolder, weights file stem) of the components whose weights are loaded.
+WEIGHTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
+HUB_CONFIG_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*"] + [f"{s}/config.json" for s, _ in WEIGHTS]
+HUB_WEIGHT_FILES = [p for s, stem in WEIGHTS for p in (f"{s}/{stem}.safetensors*", f"{s}/{stem}-*.safetensors")]
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MissingFiles(f"{path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} could not be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path} is not a JSON object")
+    return data
+
+
+def check_configs(root: Path, name: str) -> dict[str, Any]:
+    """Validate a checkpoint directory except its weights; return the DDIM scheduler config to use."""
+    if not (root / "model_index.json").is_file():
+        raise MissingFiles(f"{name} is not a diffusers Stable Diffusion checkpoint (no model_index.json)")
+    index = read_json(root / "model_index.json")
+    if "text_encoder_2" in index or "XL" in str(index.get("_class_name", "")):
+        raise ModelError(f"{name}: SDXL checkpoints are not supported (use a Stable Diffusion 1.x/2.x model)")
+    missing = [sub for sub in ("unet", "vae", "text_encoder", "tokenizer") if not (root / sub).is_dir()]
+    if missing:
+        raise MissingFiles(f"{name} is not a complete Stable Diffusion checkpoint (missing {', '.join(missing)}/)")
+    for sub, cls in (("unet", "UNet2DConditionModel"), ("vae", "AutoencoderKL"), ("text_encoder", "CLIPTextModel")):
+        entry = index.get(sub)
+        found = entry[-1] if isinstance(entry, list) and entry else None
+        if found not in (cls, None):
+            raise ModelError(f"{name}: unsupported {sub} class {found} (expected {cls})")
+    unet_config = read_json(root / "unet" / "config.json")
+    if unet_config.get("addition_embed_type"):
+        raise ModelError(f"{name}: SDXL checkpoints are not supported "
+                         f"(unet addition_embed_type={unet_config['addition_embed_type']!r})")
+    check_unet_layout(unet_config, name)
+    scheduler_file = root / "scheduler" / "scheduler_config.json"
+    config = {**SD_SCHEDULER_CONFIG, **(read_json(scheduler_file) if scheduler_file.is_file() else {})}
+    if config.get("prediction_type") not in PREDICTION_TYPES:
+        raise ModelError(f"{name}: unsupported prediction_type {config.get('prediction_type')!r} "
+                         f"(supported: {', '.join(PREDICTION_TYPES)})")
+    return config
+
+
+def check_unet_layout(unet_config: dict[str, Any], name: str) -> None:
+    """Build the UNet on the meta device (no memory, no weights) and check the blocks TokenFlow hooks into."""
+    try:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(unet_config)
+    except Exception as exc:  # noqa: BLE001 - any failure means an unusable config
+        raise ModelError(f"{name}: unet/config.json is not a usable UNet2DConditionModel config ({exc})") from None
+    present = {n for n, _ in unet.named_modules()}
+    attentions = [f"up_blocks.{b}.attentions.{a}" for b in (1, 2, 3) for a in (0, 1, 2)]
+    missing = [w for w in ["up_blocks.1.resnets.1", *attentions] if w not in present]
+    missing += [f"{w}.transformer_blocks.0.attn1" for w in attentions
+                if w in present and f"{w}.transformer_blocks.0.attn1" not in present]
+    if missing:
+        raise ModelError(f"{name}: unsupported UNet layout, missing {', '.join(missing)} (TokenFlow needs the Stable "
+                         "Diffusion block layout: 3 cross-attention up blocks with layers_per_block=2)")
+
+
+def check_weights(root: Path, name: str) -> None:
+    """Require safetensors weights for every component; pickles are never loaded."""
+    for sub, stem in WEIGHTS:
+        folder = root / sub
+        if (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}.safetensors.index.json").is_file():
+            continue
+        if any(f.suffix in (".bin", ".ckpt", ".pt", ".pth") for f in folder.iterdir()):
+            raise ModelError(f"{name}: {sub}/ has only pickle (.bin) weights; safetensors weights are required "
+                             f"({sub}/{stem}.safetensors)")
+        raise MissingFiles(f"{name}: no {sub}/{stem}.safetensors weights (only safetensors weights are loaded)")
