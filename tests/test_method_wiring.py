@@ -39,6 +39,7 @@ N, B, STEPS = 6, 3, 4
 K = -(-N // B)
 PROMPT = "a blue ball"
 NEGATIVE = "ugly, blurry, low res, unrealistic, unaesthetic"
+GUIDANCE = 7.5
 PNP_ATTN_T, PNP_F_T = 0.5, 0.75
 QK_STEPS = 2    # int(0.5 * 4): q/k injected at step indices 0 and 1
 CONV_STEPS = 3  # int(0.75 * 4): conv residual injected at step indices 0, 1 and 2
@@ -68,6 +69,7 @@ class Call:
     text: torch.Tensor
     provided: list[tuple[str, torch.Tensor | None]] = field(default_factory=list)
     kept: dict[str, torch.Tensor] = field(default_factory=dict)
+    output: torch.Tensor | None = None  # the UNet's raw output, branch-major
 
 
 @dataclass
@@ -181,6 +183,7 @@ def spied(model, tmp_path_factory: pytest.TempPathFactory) -> Spied:
             state.provide = real
         if state.keep is not None:
             call.kept = {k: v.detach().clone() for k, v in state.keep.items()}
+        call.output = (out[0] if isinstance(out, tuple) else out.sample).detach().clone()
         return out
 
     with pytest.MonkeyPatch.context() as mp:
@@ -265,6 +268,31 @@ def test_every_call_starts_from_the_latents_the_blender_left_at_the_previous_ste
         n = len(call.frames)
         torch.testing.assert_close(call.latents[:n], want, rtol=0, atol=0)
         torch.testing.assert_close(call.latents[n:], want, rtol=0, atol=0)
+
+
+def _guided(call: Call) -> torch.Tensor:
+    n = len(call.frames)
+    uncond, cond = call.output[:n].double(), call.output[n:].double()
+    return uncond + GUIDANCE * (cond - uncond)
+
+
+def test_latents_after_each_step_are_a_ddim_step_of_the_guided_chunk_outputs(spied: Spied) -> None:
+    """Section 4 CFG and section 6's DDIM step (eta 0), by hand in float64; the editor's store
+    keeps the keyframes' guided output."""
+    alphas = spied.model.scheduler.alphas_cumprod.double()
+    stored = torch.from_numpy(np.asarray(spied.blender["latents"][...])).double()
+    editor_out = torch.from_numpy(np.asarray(spied.editor["model_output"][...])).double()
+    for i, (edit, *chunks) in _by_step(spied).items():
+        t = spied.timesteps[i]
+        a_t = alphas[t]
+        a_next = alphas[spied.timesteps[i + 1]] if i + 1 < STEPS else alphas[0]
+        torch.testing.assert_close(editor_out[i], _guided(edit), rtol=1e-5, atol=1e-5)
+        for call in chunks:
+            x = call.latents[:len(call.frames)].double()
+            eps = _guided(call)
+            x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+            want = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
+            torch.testing.assert_close(stored[i][call.frames], want, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------------------------- PnP
