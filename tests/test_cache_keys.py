@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
+from tokenflow_plugins.tokenflow_blender import TokenFlowBlender, TokenFlowBlendParams
 
+from tokenflow import hookimpl
 from tokenflow.manager import make_plugin_manager
 from tokenflow.pipeline import build_job
 from tokenflow.stages import KINDS, ParamError, RunConfig
@@ -121,6 +123,41 @@ def test_one_change_rekeys_exactly_these_kinds(name: str, tf_tiny_model, frames,
     assert list(base.keys) == list(KINDS) == list(other.keys)
     changed = {kind for kind in KINDS if base.keys[kind] != other.keys[kind]}
     assert changed == expected, name
+
+
+@dataclasses.dataclass(frozen=True)
+class KnobParams(TokenFlowBlendParams):
+    """The built-in blender's parameters and one that concerns the blender alone."""
+
+    knob: int = 0
+
+
+class KnobBlender(TokenFlowBlender):
+    name = "tokenflow-knob"
+    Params = KnobParams
+
+
+class KnobPlugin:
+    @hookimpl
+    def register_blenders(self, register):
+        register(KnobBlender)
+
+
+def test_a_blender_parameter_imposing_nothing_upstream_rekeys_the_editor_too(
+        tf_register, tf_plugin_manager, tf_tiny_model, frames, tmp_path: Path) -> None:
+    """The loop writes the editor's store with the blender: the editor's key must cover the
+    blender's parameters even when they impose nothing on the upstream stages."""
+    registry = tf_register(KnobPlugin(), name="knob-blender")
+
+    def keys(knob: str) -> dict[str, str]:
+        return build_job(tf_plugin_manager, tf_tiny_model, frames,
+                         RunConfig(steps=STEPS, batch_size=B), cache=tmp_path / "cache",
+                         registry=registry, choices={"blender": "tokenflow-knob"},
+                         params={"inversion": {"inversion_steps": INV_STEPS}},
+                         options=[("blender.knob", knob)]).keys
+
+    base, other = keys("0"), keys("1")
+    assert {kind for kind in KINDS if base[kind] != other[kind]} == EDIT
 
 
 def _downstream(job, direct: set[str]) -> set[str]:
