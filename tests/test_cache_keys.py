@@ -211,7 +211,7 @@ def test_an_imposed_parameter_cannot_be_set_against_its_imposer(option, tf_tiny_
         _job(tf_tiny_model, frames, tmp_path, {"options": [option]})
 
 
-# --------------------------------------------------------------------------------------------- runtime knobs
+# ------------------------------------------------------------------------------------ runtime knobs
 
 
 def _arrays(group: zarr.Group, prefix: str = "") -> dict[str, np.ndarray]:

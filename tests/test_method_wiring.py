@@ -216,7 +216,7 @@ def _by_step(spied: Spied) -> dict[int, list[Call]]:
     return out
 
 
-# --------------------------------------------------------------------------------------------- calls
+# -------------------------------------------------------------------------------------------- calls
 
 
 def test_the_fractions_make_injection_windows_strictly_inside_the_grid() -> None:
@@ -295,7 +295,7 @@ def test_latents_after_each_step_are_a_ddim_step_of_the_guided_chunk_outputs(spi
             torch.testing.assert_close(stored[i][call.frames], want, rtol=1e-4, atol=1e-4)
 
 
-# --------------------------------------------------------------------------------------------- PnP
+# ---------------------------------------------------------------------------------------------- PnP
 
 
 def test_qk_injection_in_exactly_the_eight_decoder_layers_during_the_first_steps(
@@ -330,7 +330,7 @@ def test_conv_injection_in_up_blocks_1_resnets_1_during_the_first_steps_of_every
     assert windows == {(kind, i) for kind in ("edit", "predict") for i in range(CONV_STEPS)}
 
 
-# --------------------------------------------------------------------------------------------- correspondence
+# ----------------------------------------------------------------------------------- correspondence
 
 
 def _store_tokens(store: zarr.Group, step: int, layer: str) -> np.ndarray:
@@ -374,7 +374,7 @@ def test_correspondences_are_the_float64_cosine_argmax_to_the_chunk_references(
     assert mismatched <= checked // 1000, (mismatched, checked)
 
 
-# --------------------------------------------------------------------------------------------- blender
+# ------------------------------------------------------------------------------------------ blender
 
 
 def _sigmoid(x: float) -> float:
