@@ -67,3 +67,11 @@ def test_with_weights_the_fullsize_tests_run(pytester: pytest.Pytester,
     monkeypatch.setenv("INNER_EXPECT_RUN", "fullsize")
     result = _run(pytester)
     result.assert_outcomes(passed=3, skipped=1)
+
+
+def test_the_plugin_declares_its_markers(pytester: pytest.Pytester) -> None:
+    """For a plugin's own test suite, which has no tokenflow pyproject (``--strict-markers``
+    cannot show this in process: pytest remembers markers across inner sessions)."""
+    config = pytester.parseconfigure()
+    declared = {line.split(":")[0].strip() for line in config.getini("markers")}
+    assert {"gpu", "fullsize", "slow"} <= declared
