@@ -1,6 +1,6 @@
-"""The ``gpu`` and ``fullsize`` markers of tokenflow's pytest plugin (``tokenflow.testing``), run
-in an inner pytest session that has only the plugin (no pyproject, so ``--strict-markers`` also
-checks that the plugin declares them)."""
+"""The ``gpu`` and ``fullsize`` markers of tokenflow's pytest plugin (``tokenflow.testing``), seen
+from an inner pytest session in a directory without tokenflow's pyproject: only the plugin (an
+entry point, loaded as it is for a third-party package's tests) declares and applies them."""
 
 from __future__ import annotations
 
