@@ -261,10 +261,12 @@ def _compare(a: dict, b: dict, exact: bool) -> None:
                                            err_msg=where)
 
 
+@pytest.mark.slow  # the first user of ``stores`` runs the job four times (~10 s on one thread)
 def test_another_cache_dir_and_verbosity_write_the_same_bits(stores: dict) -> None:
     _compare(stores["base"], stores["cache"], exact=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unet_batch", [1, 4])
 def test_another_unet_batch_writes_the_same_stores_up_to_rounding(unet_batch: int,
                                                                   stores: dict) -> None:
@@ -281,6 +283,7 @@ def test_another_unet_batch_writes_the_same_stores_up_to_rounding(unet_batch: in
     "unet_batch is left out of the keys as a knob that does not change outputs, but the CPU "
     "UNet/VAE give other float rounding for another batch: inverted latents differ by ~1e-6 "
     "and a few output pixels by one grey level"))
+@pytest.mark.slow
 @pytest.mark.parametrize("unet_batch", [1, 4])
 def test_another_unet_batch_writes_the_same_frames_bit_for_bit(unet_batch: int,
                                                                 stores: dict) -> None:
