@@ -51,12 +51,12 @@ TABLE: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
                        {"features"}),
     "features.store_tokens": ({"options": [("features.store_tokens", "false")]},
                               FROM_FEATURES, {"features"}),
-    "features.conv_t agreeing with pnp_f_t": ({"options": [("features.conv_t", "0.8")]}, NONE,
+    "features.conv_t=pnp_f_t": ({"options": [("features.conv_t", "0.8")]}, NONE,
                                               NONE),
     # random
     "keyframes.seed": ({"options": [("keyframes.seed", "7")]}, FROM_KEYFRAMES, {"keyframes"}),
     # nn (references is imposed by the blender: see blender.weights)
-    "correspondence.references agreeing with weights": (
+    "correspondence.references=chunk": (
         {"options": [("correspondence.references", "chunk")]}, NONE, NONE),
     # pnp
     "editor.prompt": ({"options": [("editor.prompt", "a red box")]}, EDIT, {"editor"}),
@@ -76,8 +76,8 @@ TABLE: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
                    {"keyframes", "correspondence", "editor", "blender"}),
     # the input and the CLI's flags
     "size": ({"frames": lambda f: resize_frames(f, 128, 128)}, ALL, ALL),
-    "number of frames": ({"frames": lambda f: f[:N - 1]}, ALL, ALL),
-    "other pixels": ({"frames": lambda f: np.ascontiguousarray(f[::-1])}, ALL, ALL),
+    "frame_count": ({"frames": lambda f: f[:N - 1]}, ALL, ALL),
+    "pixels": ({"frames": lambda f: np.ascontiguousarray(f[::-1])}, ALL, ALL),
     "model": ({"model_key": "another-model"}, ALL, ALL),
     "--inversion-steps": ({"params": {"inversion": {"inversion_steps": 16}}}, ALL,
                           {"inversion"}),
@@ -88,7 +88,7 @@ TABLE: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
     # not inputs of any output
     "unet_batch": ({"runtime": {"unet_batch": 1}}, NONE, NONE),
     "quiet": ({"quiet": False}, NONE, NONE),
-    "cache directory": ({"cache": "other"}, NONE, NONE),
+    "cache_dir": ({"cache": "other"}, NONE, NONE),
 }
 
 
