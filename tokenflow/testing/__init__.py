@@ -12,6 +12,16 @@ Fixtures:
   output convolutions given small random weights so that the control visibly acts (session).
 * ``tf_video``: a path to a short synthetic clip (8 frames, 64x96, a square moving right).
 * ``tf_cache``: a :class:`tokenflow.cache.StageCache` in a temporary directory.
+* ``tf_fullsize_model_dir``: the full-size diffusers checkpoint named by
+  ``TOKENFLOW_FULLSIZE_MODEL`` (the test is skipped when it is unset).
+
+Markers:
+
+* ``gpu``: the test needs CUDA; skipped, with the reason, when ``torch.cuda.is_available()`` is
+  false.
+* ``fullsize``: the test needs full-size Stable Diffusion weights; skipped, with the reason,
+  unless the environment variable ``TOKENFLOW_FULLSIZE_MODEL`` names a diffusers directory.
+* ``slow``: end-to-end runs that take more than a few seconds (informative only).
 
 Helpers: :func:`synthetic_frames` (the ``tf_video`` clip as an array), :func:`read_frames`,
 :func:`make_job` (a planned run of frames already at the working size, as ``tf run`` plans it)
@@ -20,8 +30,14 @@ and :func:`build_registry`. The tiny model builders are :mod:`tokenflow.testing.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+#: Environment variable naming a full-size diffusers Stable Diffusion directory, for tests
+#: marked ``fullsize``.
+FULLSIZE_ENV = "TOKENFLOW_FULLSIZE_MODEL"
 
 
 def synthetic_frames(n: int = 8, height: int = 64, width: int = 96, seed: int = 0) -> np.ndarray:
@@ -87,6 +103,30 @@ def fake_stage(kind: str, name: str, *, base: type | None = None, **attrs) -> ty
 def pytest_configure(config) -> None:
     """The markers tokenflow's own tests use, so a plugin's tests may use them too."""
     config.addinivalue_line("markers", "slow: end-to-end runs that take more than a few seconds")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", f"fullsize: needs full-size Stable Diffusion weights "
+                                       f"(skipped unless {FULLSIZE_ENV} names a directory)")
+
+
+def _skip_reason(item) -> str | None:
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "gpu: needs a CUDA device (torch.cuda.is_available() is false)"
+    if item.get_closest_marker("fullsize") is not None and not os.environ.get(FULLSIZE_ENV):
+        return (f"fullsize: needs full-size Stable Diffusion weights; set {FULLSIZE_ENV} to a "
+                "diffusers directory")
+    return None
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip ``gpu`` tests without CUDA and ``fullsize`` tests without full-size weights (the
+    reason is reported at the test's own location)."""
+    for item in items:
+        reason = _skip_reason(item)
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture
@@ -149,6 +189,17 @@ def tf_video(tmp_path):
     folder = tmp_path / "clip"
     write_frames(folder, synthetic_frames())
     return folder
+
+
+@pytest.fixture(scope="session")
+def tf_fullsize_model_dir():
+    """The directory ``TOKENFLOW_FULLSIZE_MODEL`` names (skips the test when it is unset)."""
+    from pathlib import Path
+
+    value = os.environ.get(FULLSIZE_ENV)
+    if not value:
+        pytest.skip(f"fullsize: set {FULLSIZE_ENV} to a diffusers Stable Diffusion directory")
+    return Path(value).expanduser()
 
 
 @pytest.fixture
