@@ -46,6 +46,7 @@ def main() -> None:
 
     import torch
 
+    from tokenflow.api import prepare
     from tokenflow.eval.compare import (
         TABLE_METRICS,
         evaluate_edit,
@@ -54,12 +55,10 @@ def main() -> None:
         run_methods,
         table_rows,
     )
-    from tokenflow.manager import make_plugin_manager
     from tokenflow.eval.metrics import video_flows
-    from tokenflow.models import load_model
     from tokenflow.eval.scoring import make_scorers
-    from tokenflow.stages import RunConfig
-    from tokenflow.video import read_video, resize_frames
+    from tokenflow.manager import make_plugin_manager
+    from tokenflow.models import load_model
 
     torch.set_num_threads(2)
     model = load_model(None, device="cpu")
@@ -67,7 +66,6 @@ def main() -> None:
     scorers = make_scorers(pm, ["attribute"], {})
     methods = [parse_method(m) for m in args.methods.split(";") if m.strip()]
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="tf-consistency-"))
-    config = RunConfig(steps=args.steps, batch_size=8)
     size = model.native_size
     summary: dict[str, dict[str, list[float]]] = {}
     print(f"embedded model, {size}x{size}, {args.steps} steps, batch 8, cache {cache}; "
@@ -77,10 +75,11 @@ def main() -> None:
         path = ROOT / "examples" / "clips" / f"{name}.mp4"
         if not path.exists():
             sys.exit(f"{path} is missing: python examples/make_clips.py")
-        frames = resize_frames(read_video(path).frames, size, size)
-        params = {"inversion": {"prompt": caption}, "editor": {"prompt": prompt}}
-        results = run_methods(pm, model, frames, config, methods, cache=cache, params=params,
-                              options=[])
+        source = prepare(path, model=model, size=f"{size}x{size}")
+        frames = source.frames
+        results = run_methods(source, methods, options=[], prompt=prompt,
+                              inversion_prompt=caption, steps=args.steps, batch_size=8,
+                              cache_dir=cache, pm=pm)
         pairs = [(t, t + k) for k in sorted({1, args.long_range})
                  for t in range(len(frames) - k)]
         flows = video_flows(frames, pairs, method="dis")

@@ -19,6 +19,6 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && "$PY" -c "import tokenf
 fi
 echo "setup: installing $TORCH_SPEC and tokenflow (editable) into .venv" >&2
 "$PY" -m pip install --quiet --disable-pip-version-check "$TORCH_SPEC"
-"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+"$PY" -m pip install --quiet --disable-pip-version-check -e ".[test,eval]"
 "$PY" -c "import tokenflow, torch; print('setup: tokenflow', tokenflow.__version__, 'torch', torch.__version__)" >&2
 echo "$want" > "$stamp"

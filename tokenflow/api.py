@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tokenflow.oneline import first_line
 from tokenflow.params import ParamError
 from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageError
 
@@ -63,11 +64,6 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an exception's message, at most ``limit`` characters."""
-    return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
 def cache_root(value: str | os.PathLike | None) -> Path:
@@ -283,7 +279,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
         culprit = blame(pm, exc, registry)
         where = f" in plugin {culprit}" if culprit else ""
         raise EditError(f"planning the run failed{where}: {type(exc).__name__}: "
-                        f"{one_line(exc)} (--debug shows the traceback)") from exc
+                        f"{first_line(str(exc))} (--debug shows the traceback)") from exc
     job.base.on_progress = progress
     return job
 

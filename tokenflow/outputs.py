@@ -15,19 +15,13 @@ import numpy as np
 from tokenflow import __version__
 from tokenflow.cache.keys import _plain
 from tokenflow.cache.store import safe_name
+from tokenflow.video import evenly_spaced
 
 
 def contact_sheet(*videos: np.ndarray, columns: int = 4) -> np.ndarray:
     """One row per video, ``columns`` evenly spaced frames each (same size videos)."""
-    n = min(len(v) for v in videos)
-    index = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
+    index = evenly_spaced(min(len(v) for v in videos), columns)
     return np.concatenate([np.concatenate(list(v[index]), axis=1) for v in videos], axis=0)
-
-
-def _write_png(path: Path, image: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    iio.imwrite(path, image)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -96,7 +90,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
     An existing ``out`` is replaced only with ``overwrite`` or when it holds the output of the
     very same run (same blender key); otherwise :class:`FileExistsError`.
     """
-    from tokenflow.video import side_by_side, write_frames, write_video
+    from tokenflow.video import side_by_side, write_frames, write_png, write_video
 
     check_output_dir(out, job.keys["blender"], overwrite=overwrite)
     edited = np.asarray(job.base.cache.open(results["blender"].path)["frames"][...])
@@ -109,7 +103,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
         write_video(tmp / "source.mp4", frames, fps)
         write_video(tmp / "side_by_side.mp4", side_by_side(frames, edited), fps)
         write_frames(tmp / "frames", edited)
-        _write_png(tmp / "preview.png", contact_sheet(frames, edited))
+        write_png(tmp / "preview.png", contact_sheet(frames, edited))
         doc = run_record(job, results, clip, frames, seconds=seconds)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)

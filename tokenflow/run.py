@@ -142,6 +142,7 @@ class Job:
         """One line for an unexpected error in :meth:`run`: the stage (or the lifecycle hook)
         that failed and the plugin whose code raised it."""
         from tokenflow.manager import blame
+        from tokenflow.oneline import error_line
 
         kind = self.failed
         stage = self.stages.get(kind) if kind else None
@@ -153,7 +154,6 @@ class Job:
             what = f"the {self.failed_hook} hook of {what}"
         culprit = blame(self.pm, exc, self.registry)
         where = f" in plugin {culprit}" if culprit else ""
-        text = (str(exc).strip().splitlines() or [""])[0][:300]
-        return (f"{what} failed{where}: {type(exc).__name__}: {text} (nothing partial was "
-                f"cached; --debug shows the traceback)")
+        return (f"{what} failed{where}: {error_line(exc)} (nothing partial was cached; "
+                "--debug shows the traceback)")
 

@@ -399,6 +399,22 @@ def write_frames(directory: str | os.PathLike[str], frames: np.ndarray) -> list[
 # --------------------------------------------------------------------------- misc
 
 
+def evenly_spaced(n: int, count: int) -> np.ndarray:
+    """Indices of ``count`` frames spread evenly over ``n`` (first and last included; at most
+    ``n``), for contact sheets and previews."""
+    return np.linspace(0, n - 1, min(count, n)).round().astype(int)
+
+
+def write_png(path: str | os.PathLike[str], image: np.ndarray) -> Path:
+    """Write an RGB image as PNG atomically (write aside, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    Image.fromarray(np.ascontiguousarray(image)).save(tmp, optimize=True)
+    os.replace(tmp, path)
+    return path
+
+
 def side_by_side(*videos: np.ndarray) -> np.ndarray:
     """Concatenate equal-length videos left to right.
 

@@ -20,7 +20,7 @@ from tokenflow.cli.common import (
     say,
     setup_threads,
 )
-from tokenflow.cli.evaluate import scorer_instances
+from tokenflow.cli.evaluate import require_plotting, scorer_instances
 
 
 @cli.command()
@@ -130,6 +130,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
     from tokenflow.outputs import output_dir_for
 
     setup_threads()
+    require_plotting()  # metrics.png comes last: say now if it cannot be drawn
     try:
         root = api.cache_root(cache_dir)
     except EditError as exc:

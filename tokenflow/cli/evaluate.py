@@ -46,6 +46,15 @@ def print_metrics(doc: dict, quiet: bool) -> None:
         say(quiet, f"note: {note}")
 
 
+def require_plotting() -> None:
+    from tokenflow.eval.figures import require_matplotlib
+
+    try:
+        require_matplotlib()
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @cli.command("eval")
 @click.argument("source", type=click.Path())
 @click.argument("edited", type=click.Path())
@@ -83,6 +92,8 @@ def eval_(source, edited, prompt, as_json, plot, flow_method, true_flow, long_ra
 
     setup_threads()
     quiet_libraries()
+    if plot:
+        require_plotting()
     try:
         edit = load_edit(edited)
         src = read_video(source).frames

@@ -1,2 +1,3 @@
 """Evaluation: temporal-consistency and structure metrics, the scorer host, comparisons and
-figures. Needs the ``eval`` extra (OpenCV, matplotlib); ``tf run`` does not import it."""
+figures. Metric plots need matplotlib, the ``eval`` extra (``pip install 'tokenflow[eval]'``);
+``tf run`` imports none of this package."""

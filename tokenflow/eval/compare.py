@@ -62,17 +62,12 @@ def load_edit(path: str | os.PathLike) -> Edit:
     return Edit(read_video(path).frames)
 
 
-def _nanmean(values) -> float:
-    arr = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(arr)) if arr.size and np.isfinite(arr).any() else float("nan")
-
-
 def evaluate_edit(source: np.ndarray, edited: np.ndarray, *, prompt: str | None = None,
                   scorers: list | None = None, flow_method: str = "dis", long_range: int = 4,
                   source_flows=None) -> dict[str, Any]:
     """Metrics of an aligned (source, edited) pair, as a JSON-able dict: ``aggregate``,
     ``per_frame``, ``notes`` (what was skipped and why)."""
-    from tokenflow.eval.metrics import evaluate
+    from tokenflow.eval.metrics import evaluate, nanmean
 
     report = evaluate(source, edited, flow_method=flow_method, long_range=long_range,
                       source_flows=source_flows)
@@ -85,7 +80,7 @@ def evaluate_edit(source: np.ndarray, edited: np.ndarray, *, prompt: str | None 
             scores, notes = score_all(scorers, edited, prompt, source)
             for name, values in scores.items():
                 doc["per_frame"][f"score_{name}"] = [float(v) for v in values]
-                mean = _nanmean(values)
+                mean = nanmean(values)
                 doc["aggregate"][f"score_{name}"] = mean if np.isfinite(mean) else None
             doc["notes"] += notes
         else:

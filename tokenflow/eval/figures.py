@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenflow.video import evenly_spaced, write_png  # noqa: F401  (write_png: for figure writers)
+
 #: Frames are enlarged until they are at least this tall (integer factors only).
 MIN_HEIGHT = 128
 LABEL_WIDTH = 160
@@ -55,7 +57,7 @@ def contact_sheet(rows: Sequence[tuple[str, np.ndarray]], columns: int = 6, *,
     from PIL import Image
 
     n, h, w, scale = _layout(rows, "contact_sheet", min_height)
-    picks = np.linspace(0, n - 1, min(columns, n)).round().astype(int)
+    picks = evenly_spaced(n, columns)
     th, tw = h * scale, w * scale
     canvas = Image.new("RGB", (LABEL_WIDTH + len(picks) * tw, len(rows) * th), "white")
     for r, (label, frames) in enumerate(rows):
@@ -88,10 +90,20 @@ def labelled_side_by_side(videos: Sequence[tuple[str, np.ndarray]], *,
     return out[:, : out.shape[1] // 2 * 2, : out.shape[2] // 2 * 2]
 
 
+def require_matplotlib() -> None:
+    """A one-line ``RuntimeError`` saying how to install matplotlib (the ``eval`` extra) if it is
+    missing: call it before long work whose end is a plot."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise RuntimeError("metric plots need matplotlib: pip install 'tokenflow[eval]'")
+
+
 def plot_metrics(series: dict[str, dict[str, Sequence[float]]], metrics: Sequence[str],
                  path: str | os.PathLike, *, title: str = "") -> Path:
     """One panel per metric, one line per method (``series[method][metric]`` per frame or pair),
-    written atomically as a PNG."""
+    written atomically as a PNG. Needs matplotlib (:func:`require_matplotlib`)."""
+    require_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,17 +130,5 @@ def plot_metrics(series: dict[str, dict[str, Sequence[float]]], metrics: Sequenc
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write an RGB image atomically (write aside, then rename)."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    Image.fromarray(np.ascontiguousarray(image)).save(tmp, optimize=True)
     os.replace(tmp, path)
     return path

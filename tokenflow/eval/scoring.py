@@ -17,21 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from tokenflow.oneline import error_line, first_line
 from tokenflow.stages import StageError
 
 #: What a scorer class must have; ``describe`` is optional.
 REQUIRED_ATTRIBUTES = ("name", "version", "summary", "available", "score")
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (the type alone if there is no message)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0] if lines else "(no reason given)"
 
 
 def _accepts(fn, name: str) -> bool:
@@ -88,7 +78,7 @@ def collect_scorers(pm) -> tuple[dict[str, type], dict[str, str]]:
 
         return register
 
-    call_discovery_hook(pm, "register_scorers", make_register, describe=_one_line)
+    call_discovery_hook(pm, "register_scorers", make_register, describe=error_line)
     return found, owners
 
 
@@ -123,7 +113,7 @@ class Scorer:
             except Exception:  # noqa: BLE001 - cosmetic: a failing describe() loses the label
                 return self.name
             if isinstance(text, str) and text.strip():
-                return _first_line(text)
+                return first_line(text, default="(no reason given)")
         return self.name
 
     def available(self, prompt: str | None = None) -> str | None:
@@ -139,7 +129,7 @@ class Scorer:
         if not isinstance(reason, str):
             raise StageError(f"available() returned {type(reason).__name__}, "
                              "expected None or a str")
-        return _first_line(reason)
+        return first_line(reason, default="(no reason given)")
 
     def score(self, frames: np.ndarray, prompt: str, source: np.ndarray | None = None
               ) -> np.ndarray:
@@ -193,7 +183,7 @@ def make_scorers(pm, names: Iterable[str] | None = None, options: Mapping[str, A
             made.append(Scorer(instance=cls(**_options_for(cls, options)), **common))
         except Exception as exc:  # noqa: BLE001 - a plugin's bug: reported by score_all
             made.append(Scorer(instance=None, error=(
-                f"failed to start in plugin {owner}: {_one_line(exc)}"), **common))
+                f"failed to start in plugin {owner}: {error_line(exc)}"), **common))
     return made
 
 
@@ -254,9 +244,9 @@ def score_all(instances: Iterable, frames: np.ndarray, prompt: str,
                 continue
             values = scorer.score(frames, prompt, source)
         except Exception as exc:  # noqa: BLE001 - a plugin's bug: a note, the others still run
-            detail = str(exc) if isinstance(exc, StageError) else _one_line(exc)
+            detail = str(exc) if isinstance(exc, StageError) else error_line(exc)
             notes.append(f"scorer {scorer.name!r} failed in plugin {scorer.owner}: "
-                         f"{_first_line(detail)}")
+                         f"{first_line(detail, default='(no reason given)')}")
             continue
         scores[scorer.name] = [float(v) for v in values]
     return scores, notes

@@ -11,7 +11,8 @@ from typing import Any
 
 from tokenflow.models.checkpoints import ModelError, read_json
 from tokenflow.models.hashing import file_digests
-from tokenflow.models.loading import Model, one_line
+from tokenflow.models.loading import Model
+from tokenflow.oneline import error_line
 
 
 def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None,
@@ -44,7 +45,7 @@ def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None,
             except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
                 if not local_only:
                     raise ModelError(f"ControlNet {text}: not a local directory, and not found in "
-                                     f"the Hugging Face cache nor downloadable ({one_line(exc)})") from None
+                                     f"the Hugging Face cache nor downloadable ({error_line(exc, 160, sentence=True)})") from None
     config = read_json(path / "config.json") if (path / "config.json").is_file() else None
     if config is None or config.get("_class_name") != "ControlNetModel":
         raise ModelError(f"{text} is not a diffusers ControlNet (config.json with _class_name "
@@ -93,5 +94,5 @@ def load_controlnet(controlnet: str | os.PathLike, model: Model, revision: str |
     try:
         net = ControlNetModel.from_pretrained(root, **kwargs)
     except Exception as exc:  # noqa: BLE001 - surface library errors as one line
-        raise ModelError(f"ControlNet {name} could not be loaded ({one_line(exc)})") from None
+        raise ModelError(f"ControlNet {name} could not be loaded ({error_line(exc, 160, sentence=True)})") from None
     return net.to(model.device).eval().requires_grad_(False)

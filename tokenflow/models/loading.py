@@ -36,6 +36,7 @@ from tokenflow.models.checkpoints import (
     read_json,
 )
 from tokenflow.models.hashing import directory_key
+from tokenflow.oneline import error_line
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -156,12 +157,6 @@ class Model:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: first sentence of the message`` (at most 160 characters), for one-line errors."""
-    first = (str(exc).strip().splitlines() or [""])[0].split(". ")[0][:160]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
     """Snapshot directory with the needed files of a Hub repo: from the cache if complete, else downloaded."""
     from huggingface_hub import snapshot_download
@@ -182,7 +177,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
         except Exception as exc:  # noqa: BLE001 - hub/network errors come in many types
             if not local_only:
                 raise ModelError(f"{repo_id}: not a local directory, and not found in the Hugging Face cache nor "
-                                 f"downloadable ({one_line(exc)})") from None
+                                 f"downloadable ({error_line(exc, 160, sentence=True)})") from None
     raise AssertionError("unreachable")
 
 
@@ -257,7 +252,7 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
             "tokenizer": CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
         }
     except Exception as exc:  # noqa: BLE001 - surface library errors as one line
-        raise ModelError(f"{model_id}: could not load the components ({one_line(exc)})") from None
+        raise ModelError(f"{model_id}: could not load the components ({error_line(exc, 160, sentence=True)})") from None
     parts["scheduler"] = DDIMScheduler.from_config(scheduler_config)
     key = directory_key(root, dtype)
     family = "SD-2.x-style" if parts["unet"].config.use_linear_projection else "SD-1.x-style"
