@@ -181,3 +181,32 @@ def test_an_editor_that_does_not_propagate_needs_no_predict() -> None:
     registry = Registry()
     registry.add(EDITOR, _stage(EDITOR, propagates=False, **members), "test-plugin")
     assert "x" in registry.stages[EDITOR]
+
+
+# ----------------------------------------------------------------------------------- layout
+
+#: Packages beside the core: the core (everything else but the CLI) imports none of them.
+BESIDE = ("tokenflow.eval", "tokenflow.embedded", "tokenflow.testing", "tokenflow.cli",
+          "tokenflow_plugins")
+CORE = [p for p in sorted((ROOT / "tokenflow").rglob("*.py"))
+        if p.relative_to(ROOT / "tokenflow").parts[0] not in ("eval", "embedded", "testing", "cli")
+        and p.name != "__init__.py" or p == ROOT / "tokenflow" / "__init__.py"]
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_dependencies_point_one_way(path: Path) -> None:
+    """The core never imports a plugin, evaluation, the embedded model's training or the CLI
+    (the public API's ``world`` is resolved lazily, on use)."""
+    tree = ast.parse(path.read_text(), str(path))
+    checking = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                and getattr(node.test, "id", "") == "TYPE_CHECKING" for n in ast.walk(node)}
+    bad = [m for line, m in tokenflow_imports(path)
+           if m.startswith(BESIDE) and not any(id(n) in checking for n in ast.walk(tree)
+                                               if getattr(n, "lineno", None) == line)]
+    assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+def test_no_core_module_is_over_about_500_lines() -> None:
+    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines())
+             for p in (ROOT / "tokenflow").rglob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 520} == {}

@@ -33,8 +33,9 @@ def register_inversions(register: Callable[[type], None]) -> None:
     :param register: call it once per stage class, e.g. ``register(DDIMInversion)``.
 
     An inversion stage's ``run(ctx)`` writes to ``ctx.output`` the latents of every frame at every
-    editing timestep (array ``latents``, dims ``timestep, frame, channel, y, x``), the clean
-    latents ``x0`` and the noisiest latents ``x_max`` (attribute ``t_max``).
+    editing timestep (array ``latents``, dims ``timestep, frame, latent_channel, latent_y,
+    latent_x``), the clean latents ``x0`` and the noisiest latents ``x_max`` (attribute
+    ``t_max``). See :class:`tokenflow.InversionStage`, the protocol.
     """
 
 
@@ -79,9 +80,9 @@ def register_editors(register: Callable[[type], None]) -> None:
 
     :param register: call it once per stage class.
 
-    An editor is called once per timestep by :mod:`tokenflow.editing.loop` through ``edit_step(step)``
-    and must return the keyframes' self-attention outputs per transformer block (the tokens the
-    blender propagates). See :class:`tokenflow.editing.loop.EditStep`.
+    An editor is called once per timestep by :mod:`tokenflow.editing.loop` through
+    ``edit_step(step)`` and must return the keyframes' self-attention outputs per transformer block (the tokens the
+    blender propagates). See :class:`tokenflow.Editor`, the protocol.
     """
 
 
@@ -92,7 +93,7 @@ def register_blenders(register: Callable[[type], None]) -> None:
     :param register: call it once per stage class.
 
     A blender is called once per timestep through ``blend_step(step, edited)`` and returns the
-    next latents of every frame. See :class:`tokenflow.editing.loop.EditStep`.
+    next latents of every frame. See :class:`tokenflow.Blender`, the protocol.
     """
 
 

@@ -2,8 +2,9 @@
 
 A replacement stage must write the layout of its kind so that downstream stages can read it.
 
-* **inversion**: ``latents`` (timestep, frame, channel, y, x) at every editing timestep in editing
-  order (noisiest first); ``x0`` and ``x_max`` (frame, channel, y, x); attrs ``t_max``, ``prompt``.
+* **inversion**: ``latents`` (timestep, frame, latent_channel, latent_y, latent_x) at every
+  editing timestep in editing order (noisiest first); ``x0`` and ``x_max`` (frame,
+  latent_channel, latent_y, latent_x); attrs ``t_max``, ``prompt``.
 * **features**: attr ``layers`` (every self-attention layer path) and ``groups`` ({layer or conv
   path: group}); one group per resolution ``<h>x<w>x<channels>`` holding ``tokens`` (timestep,
   frame, layer, token, channel) and, where conv residuals of that shape are kept, ``conv``
