@@ -15,18 +15,16 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from helpers import CliWorld, cli_env
 from PIL import Image
 
 from tokenflow.cache.store import StageCache
-from tokenflow.cli import cli
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import write_frames, write_video
 
@@ -44,33 +42,20 @@ def gray_clip() -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=3)
 
 
-@dataclass
-class World:
-    root: Path
-    clip: Path
-    model: Path
-    cache: Path
-    out: Path
-    env: dict
+@dataclass(kw_only=True)
+class World(CliWorld):
+    """The module's ``tf`` world; ``out`` holds its one good run."""
 
-    def run(self, *extra: str, video: Path | str | None = None, prompt: str = PROMPT,
-            model: Path | None = None, cache: Path | None = None, out: Path | None = None,
-            settings: list[str] | None = None) -> Result:
-        args = ["run", str(video or self.clip), "--prompt", prompt,
-                "--model", str(model or self.model), *(SETTINGS if settings is None else settings),
-                "--cache-dir", str(cache or self.cache),
-                "--out", str(out or self.root / f"out-{uuid.uuid4().hex[:8]}"), *extra]
-        return CliRunner().invoke(cli, args, env=self.env)
+    out: Path
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> World:
     root = tmp_path_factory.mktemp("bad-inputs")
     write_frames(root / "clip", gray_clip())
-    env = {"TOKENFLOW_HASH_CACHE": str(root / "hash-memo"), "HF_HUB_OFFLINE": "1",
-           "TOKENFLOW_LOAD_PLUGINS": None, "TOKENFLOW_CACHE_DIR": None, "TOKENFLOW_DEBUG": None}
     world = World(root=root, clip=root / "clip", model=Path(tf_tiny_model_dir),
-                  cache=root / "cache", out=root / "out", env=env)
+                  cache=root / "cache", env=cli_env(root, TOKENFLOW_DEBUG=None),
+                  settings=SETTINGS, prompt=PROMPT, out=root / "out")
     good = world.run("-q", out=world.out)
     assert good.exit_code == 0, good.output
     assert len(StageCache(world.cache).entries()) == 6

@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
-from click.testing import CliRunner
+from helpers import CliWorld, cli_env
 
 from tokenflow.cache.keys import canonical_json, stage_key
 from tokenflow.cache.store import META, StageCache, create_array, dir_size, safe_name
-from tokenflow.cli import cli
 from tokenflow.params import Params
 from tokenflow.stages import KINDS, RunConfig
 from tokenflow.testing import synthetic_frames
@@ -288,29 +287,19 @@ def test_safe_name_keeps_plain_names() -> None:
 # --------------------------------------------------------------------------------------------- CLI runs
 
 
-@dataclass
-class World:
-    root: Path
-    clip: Path
-    clip2: Path
-    model: Path
-    model2: Path
-    cache: Path
-    env: dict
+@dataclass(kw_only=True)
+class World(CliWorld):
+    """The module's ``tf`` world, with a second clip and a second model; ``run`` returns the
+    run.json of a run that must succeed."""
 
-    def run(self, *extra: str, prompt: str = PROMPT, video: Path | None = None,
-            model: Path | None = None, cache: Path | None = None, out: Path | None = None) -> dict:
+    clip2: Path
+    model2: Path
+
+    def run(self, *extra: str, out: Path | None = None, **kwargs) -> dict:
         out = out or self.root / f"out-{uuid.uuid4().hex[:8]}"
-        args = ["run", str(video or self.clip), "--prompt", prompt, "--model", str(model or self.model),
-                *RUN_ARGS, "--cache-dir", str(cache or self.cache), "--out", str(out), *extra]
-        result = CliRunner().invoke(cli, args, env=self.env, catch_exceptions=False)
+        result = super().run(*extra, out=out, catch_exceptions=False, **kwargs)
         assert result.exit_code == 0, result.output
         return json.loads((out / "run.json").read_text())
-
-
-def _env(root: Path) -> dict:
-    return {"TOKENFLOW_HASH_CACHE": str(root / "hash-memo"), "HF_HUB_OFFLINE": "1",
-            "TOKENFLOW_LOAD_PLUGINS": None, "TOKENFLOW_CACHE_DIR": None}
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +311,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> 
     write_frames(root / "clip2", synthetic_frames(seed=1))
     model2 = save_tiny_model(root / "model2", "sd15", seed=1)
     return World(root=root, clip=root / "clip", clip2=root / "clip2", model=Path(tf_tiny_model_dir),
-                 model2=model2, cache=root / "cache", env=_env(root))
+                 model2=model2, cache=root / "cache", env=cli_env(root), settings=RUN_ARGS,
+                 prompt=PROMPT)
 
 
 @dataclass
@@ -565,10 +555,6 @@ def test_correspondence_keyframes_editor_and_blender_dims(baseline: Baseline, wo
 # --------------------------------------------------------------------------------------------- tf cache
 
 
-def _invoke(*args: str, env: dict):
-    return CliRunner().invoke(cli, list(args), env=env)
-
-
 def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     keys = baseline.first["keys"]
@@ -577,7 +563,7 @@ def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: P
         shutil.copytree(src, cache / src.relative_to(world.cache))
 
     def ls() -> list[dict]:
-        result = _invoke("cache", "ls", "--cache-dir", str(cache), "--json", env=world.env)
+        result = world.invoke("cache", "ls", "--cache-dir", str(cache), "--json")
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -592,7 +578,7 @@ def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: P
     total = len(ls())
 
     for kind in ("keyframes", "editor"):
-        result = _invoke("cache", "rm", keys[kind][:12], "--cache-dir", str(cache), env=world.env)
+        result = world.invoke("cache", "rm", keys[kind][:12], "--cache-dir", str(cache))
         assert result.exit_code == 0, result.output
         assert f"removed {kind}/" in result.stdout
     remaining = ls()
@@ -605,16 +591,16 @@ def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: P
     assert doc["keys"] == keys
     assert cached(doc) == expect({"keyframes", "editor", "blender"})
 
-    result = _invoke("cache", "rm", "ffffffffffff", "--cache-dir", str(cache), env=world.env)
+    result = world.invoke("cache", "rm", "ffffffffffff", "--cache-dir", str(cache))
     assert result.exit_code == 1 and "no cache entry" in result.output
-    result = _invoke("cache", "rm", "abc", "--cache-dir", str(cache), env=world.env)
+    result = world.invoke("cache", "rm", "abc", "--cache-dir", str(cache))
     assert result.exit_code == 2
-    result = _invoke("cache", "rm", "--cache-dir", str(cache), env=world.env)
+    result = world.invoke("cache", "rm", "--cache-dir", str(cache))
     assert result.exit_code == 2 and "--all" in result.output
-    result = _invoke("cache", "rm", keys["blender"][:8], "--all", "--cache-dir", str(cache), env=world.env)
+    result = world.invoke("cache", "rm", keys["blender"][:8], "--all", "--cache-dir", str(cache))
     assert result.exit_code == 2
 
-    result = _invoke("cache", "rm", "--all", "--cache-dir", str(cache), env=world.env)
+    result = world.invoke("cache", "rm", "--all", "--cache-dir", str(cache))
     assert result.exit_code == 0, result.output
     assert result.stdout.count("removed ") == total
     assert ls() == []
@@ -622,7 +608,7 @@ def test_tf_cache_ls_rm_and_resume(world: World, baseline: Baseline, tmp_path: P
 
 
 def test_tf_cache_ls_text(world: World, baseline: Baseline) -> None:
-    result = _invoke("cache", "ls", "--cache-dir", str(world.cache), env=world.env)
+    result = world.invoke("cache", "ls", "--cache-dir", str(world.cache))
     assert result.exit_code == 0, result.output
     for kind, key in baseline.first["keys"].items():
         assert any(line.startswith(kind) and key[:16] in line for line in result.stdout.splitlines())

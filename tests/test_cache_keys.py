@@ -19,12 +19,11 @@ import pytest
 import zarr
 from tokenflow_plugins.tokenflow_blender import TokenFlowBlender, TokenFlowBlendParams
 
-from tokenflow import hookimpl
 from tokenflow.manager import make_plugin_manager
 from tokenflow.plan import build_job
 from tokenflow.params import ParamError
 from tokenflow.stages import KINDS, RunConfig
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import make_job, stage_plugin, synthetic_frames
 from tokenflow.video import resize_frames
 
 N, B, STEPS, INV_STEPS = 6, 3, 4, 8
@@ -138,24 +137,18 @@ class KnobBlender(TokenFlowBlender):
     Params = KnobParams
 
 
-class KnobPlugin:
-    @hookimpl
-    def register_blenders(self, register):
-        register(KnobBlender)
-
-
 def test_a_blender_parameter_imposing_nothing_upstream_rekeys_the_editor_too(
         tf_register, tf_plugin_manager, tf_tiny_model, frames, tmp_path: Path) -> None:
     """The loop writes the editor's store with the blender: the editor's key must cover the
     blender's parameters even when they impose nothing on the upstream stages."""
-    registry = tf_register(KnobPlugin(), name="knob-blender")
+    registry = tf_register(stage_plugin(KnobBlender), name="knob-blender")
 
     def keys(knob: str) -> dict[str, str]:
-        return build_job(tf_plugin_manager, tf_tiny_model, frames,
-                         RunConfig(steps=STEPS, batch_size=B), cache=tmp_path / "cache",
-                         registry=registry, choices={"blender": "tokenflow-knob"},
-                         params={"inversion": {"inversion_steps": INV_STEPS}},
-                         options=[("blender.knob", knob)]).keys
+        return make_job(tf_plugin_manager, tf_tiny_model, frames, cache=tmp_path / "cache",
+                        steps=STEPS, batch_size=B, registry=registry,
+                        stages={"blender": "tokenflow-knob"},
+                        params={"inversion": {"inversion_steps": INV_STEPS}},
+                        options=[("blender.knob", knob)]).keys
 
     base, other = keys("0"), keys("1")
     assert {kind for kind in KINDS if base[kind] != other[kind]} == EDIT

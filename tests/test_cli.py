@@ -7,14 +7,14 @@ import json
 import math
 import re
 import tomllib
-import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
 from click.testing import CliRunner, Result
+from helpers import CliWorld, cli_env
 from PIL import Image
 
 import tokenflow
@@ -34,37 +34,23 @@ COMMON = ["--steps", str(STEPS), "--inversion-steps", str(STEPS), "--frames", st
           "--batch-size", str(B), "--size", "64", "-q"]
 
 
-@dataclass
-class World:
-    root: Path
-    clip: Path
-    model: Path
-    cache: Path
-    env: dict
+@dataclass(kw_only=True)
+class World(CliWorld):
+    """The module's ``tf`` world and its first run: into ``out``, with its ``result`` and
+    ``run.json`` (``doc``)."""
+
     out: Path
-    result: Result
-    doc: dict
-
-    def invoke(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, list(args), env=self.env)
-
-    def run(self, *extra: str, prompt: str = PROMPT, out: Path | None = None,
-            cache: Path | None = None, video: Path | None = None) -> Result:
-        out = out or self.root / f"out-{uuid.uuid4().hex[:8]}"
-        return self.invoke("run", str(video or self.clip), "--prompt", prompt, "--model",
-                           str(self.model), *COMMON, "--cache-dir", str(cache or self.cache),
-                           "--out", str(out), *extra)
+    result: Result | None = None
+    doc: dict = field(default_factory=dict)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> World:
     root = tmp_path_factory.mktemp("cli")
     write_frames(root / "clip", synthetic_frames())
-    env = {"TOKENFLOW_HASH_CACHE": str(root / "hash-memo"), "HF_HUB_OFFLINE": "1",
-           "TOKENFLOW_LOAD_PLUGINS": None, "TOKENFLOW_CACHE_DIR": None}
     out = root / "out"
     world = World(root=root, clip=root / "clip", model=Path(tf_tiny_model_dir), cache=root / "cache",
-                  env=env, out=out, result=None, doc={})  # type: ignore[arg-type]
+                  env=cli_env(root), settings=COMMON, prompt=PROMPT, out=out)
     world.result = world.run(out=out)
     assert world.result.exit_code == 0, world.result.output
     world.doc = json.loads((out / "run.json").read_text())

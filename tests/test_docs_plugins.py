@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import tomllib
 
-from tokenflow import EDITOR, KINDS, RunConfig, StageBase
-from tokenflow.plan import build_job
-from tokenflow.testing import synthetic_frames
+from tokenflow import EDITOR, KINDS, StageBase
+from tokenflow.testing import make_job, synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "plugins.md"
@@ -115,11 +114,10 @@ def editor_module(tutorial: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _job(pm, model, frames, cache, editor: str, keep_left: str | None = None, options=()):
     options = [*options, *([("region.keep_left", keep_left)] if keep_left is not None else [])]
-    return build_job(pm, model, frames, RunConfig(steps=STEPS, batch_size=BATCH), cache=cache,
-                     choices={EDITOR: editor},
-                     params={"inversion": {"inversion_steps": STEPS},
-                             "editor": {"prompt": "a blue square"}},
-                     options=options)
+    return make_job(pm, model, frames, cache=cache, steps=STEPS, batch_size=BATCH, editor=editor,
+                    params={"inversion": {"inversion_steps": STEPS},
+                            "editor": {"prompt": "a blue square"}},
+                    options=options)
 
 
 def _array(cache, result, name: str) -> np.ndarray:

@@ -20,11 +20,9 @@ from tokenflow.cache.layouts import FeatureReader
 from tokenflow.editing.loop import make_run, start_latents
 from tokenflow.models import ModelError, controlnet_key, load_controlnet
 from tokenflow.testing.tiny import save_tiny_controlnet
-from tokenflow.plan import build_job
 from tokenflow.registry import RegistryError
 from tokenflow.params import ParamError
-from tokenflow.stages import RunConfig
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import make_job, synthetic_frames
 from tokenflow.video import write_frames
 
 N, B, STEPS = 6, 3, 4
@@ -37,15 +35,11 @@ def frames() -> np.ndarray:
     return synthetic_frames(N, height=64, width=64)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("editors") / "cache"
-
-
 def _job(pm, model, frames, cache, editor: str, options=(), steps: int = STEPS):
+    """The run of ``editor`` with ``steps`` steps of inversion and of editing."""
     params = {**PARAMS, "inversion": {"inversion_steps": steps}}
-    return build_job(pm, model, frames, RunConfig(steps=steps, batch_size=B), cache=cache,
-                     choices={EDITOR: editor}, params=params, options=list(options))
+    return make_job(pm, model, frames, cache=cache, steps=steps, batch_size=B, editor=editor,
+                    params=params, options=options)
 
 
 def _run(pm, model, frames, cache, editor: str, options=(), steps: int = STEPS):
@@ -70,8 +64,8 @@ def test_sdedit_runs_the_last_strength_fraction_of_the_grid(steps, strength, exp
 
 
 def test_sdedit_starts_later_on_the_grid_from_the_inverted_noise(tf_plugin_manager, tf_tiny_model,
-                                                                 frames, cache) -> None:
-    job, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit",
+                                                                 frames, module_cache) -> None:
+    job, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
                                  [("editor.strength", "0.5")])
     inv = zarr.open_group(str(results["inversion"].path), mode="r")
     grid = [int(t) for t in inv["timestep"][...]]
@@ -89,56 +83,59 @@ def test_sdedit_starts_later_on_the_grid_from_the_inverted_noise(tf_plugin_manag
     assert not torch.allclose(start, start_latents(run, grid[0]))
 
 
-def test_sdedit_injects_nothing(tf_plugin_manager, tf_tiny_model, frames, cache,
+def test_sdedit_injects_nothing(tf_plugin_manager, tf_tiny_model, frames, module_cache,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    _run(tf_plugin_manager, tf_tiny_model, frames, cache, "pnp")  # upstream stores cached
+    _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "pnp")  # upstream stores cached
 
     def forbidden(*args, **kwargs):
         raise AssertionError("sdedit read source tokens or conv residuals to inject")
 
     monkeypatch.setattr(FeatureReader, "tokens", forbidden)
     monkeypatch.setattr(FeatureReader, "conv", forbidden)
-    _, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit")
+    _, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit")
     assert not results["blender"].cached
     assert _frames(blender).shape == (N, 64, 64, 3)
     with pytest.raises(AssertionError, match="inject"):  # and pnp does read them
-        _run(tf_plugin_manager, tf_tiny_model, frames, cache, "pnp", [("editor.guidance_scale", "3")])
+        _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "pnp",
+             [("editor.guidance_scale", "3")])
 
 
 def test_sdedit_strength_controls_how_far_the_edit_goes(tf_plugin_manager, tf_tiny_model, frames,
-                                                         cache) -> None:
+                                                         module_cache) -> None:
     """The less noise, the closer the result stays to the source's reconstruction."""
     source = tf_tiny_model.decode_latents(torch.from_numpy(np.asarray(zarr.open_group(str(
-        _run(tf_plugin_manager, tf_tiny_model, frames, cache, "pnp")[1]["inversion"].path),
+        _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "pnp")[1]["inversion"].path),
         mode="r")["x0"][...])))
     distance = {}
     for strength in ("0.25", "1.0"):
-        _, _, blender = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit",
+        _, _, blender = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
                              [("editor.strength", strength)], steps=8)
         distance[strength] = np.abs(_frames(blender) - source.astype(np.float64)).mean()
     assert distance["0.25"] < distance["1.0"]
 
 
 def test_sdedit_shares_the_upstream_stores_with_pnp(tf_plugin_manager, tf_tiny_model, frames,
-                                                    cache) -> None:
-    pnp = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "pnp")
-    sd = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit")
+                                                    module_cache) -> None:
+    pnp = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "pnp")
+    sd = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit")
     for kind in ("inversion", "features", "keyframes", "correspondence"):
         assert pnp.keys[kind] == sd.keys[kind], kind
     assert pnp.keys["editor"] != sd.keys["editor"] and pnp.keys["blender"] != sd.keys["blender"]
 
 
 @pytest.mark.parametrize("strength", ["0", "-0.5", "1.5"])
-def test_sdedit_rejects_a_strength_outside_0_1(tf_plugin_manager, tf_tiny_model, frames, cache,
-                                               strength: str) -> None:
+def test_sdedit_rejects_a_strength_outside_0_1(tf_plugin_manager, tf_tiny_model, frames,
+                                               module_cache, strength: str) -> None:
     with pytest.raises(ParamError, match="strength"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit", [("editor.strength", strength)])
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
+             [("editor.strength", strength)])
 
 
 def test_sdedit_strength_too_small_for_the_grid_is_one_clear_error(
-        tf_plugin_manager, tf_tiny_model, frames, cache) -> None:
+        tf_plugin_manager, tf_tiny_model, frames, module_cache) -> None:
     with pytest.raises(StageError, match="strength 0.2 runs no step of a 4-step grid"):
-        _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit", [("editor.strength", "0.2")])
+        _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
+             [("editor.strength", "0.2")])
 
 
 # --------------------------------------------------------------------------------------------- control extractors
@@ -210,18 +207,18 @@ def _cn(path) -> list[tuple[str, str]]:
 
 def test_controlnet_at_scale_zero_is_exactly_its_base_editor(tf_plugin_manager, tf_tiny_model,
                                                              tf_tiny_controlnet_dir, frames,
-                                                             cache) -> None:
-    _, _, pnp = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "pnp")
-    _, _, zero = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+                                                             module_cache) -> None:
+    _, _, pnp = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "pnp")
+    _, _, zero = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                       _cn(tf_tiny_controlnet_dir) + [("editor.control_scale", "0")])
     np.testing.assert_array_equal(_frames(zero), _frames(pnp))
-    _, res_one, one = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    _, res_one, one = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                            _cn(tf_tiny_controlnet_dir))
     assert np.abs(_frames(one) - _frames(pnp)).mean() > 1.0  # the control acts
     assert res_one["blender"].stats["unet_frame_evals"] == 2 * STEPS * (2 + N)
 
-    _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit")
-    _, res, sd_zero = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit")
+    _, res, sd_zero = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                            _cn(tf_tiny_controlnet_dir)
                            + [("editor.mode", "sdedit"), ("editor.control_scale", "0")])
     np.testing.assert_array_equal(_frames(sd_zero), _frames(sd))
@@ -229,7 +226,7 @@ def test_controlnet_at_scale_zero_is_exactly_its_base_editor(tf_plugin_manager, 
 
 
 def test_controlnet_sees_the_extractors_control_images(tf_plugin_manager, tf_register, tf_tiny_model,
-                                                       tf_tiny_controlnet_dir, frames, cache,
+                                                       tf_tiny_controlnet_dir, frames, module_cache,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
     real = get_extractor(tf_plugin_manager, "canny").extract
@@ -244,20 +241,20 @@ def test_controlnet_sees_the_extractors_control_images(tf_plugin_manager, tf_reg
 
     tf_register(FlatControl(), name="flat-plugin")
     tf_register(Spy(), name="spy-plugin")
-    _, _, canny_out = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    _, _, canny_out = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                            _cn(tf_tiny_controlnet_dir))
-    _, _, spy_out = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    _, _, spy_out = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                          _cn(tf_tiny_controlnet_dir) + [("editor.control", "spy")])
     (images,) = seen
     np.testing.assert_array_equal(images, frames)  # the source frames at working resolution
     np.testing.assert_array_equal(_frames(spy_out), _frames(canny_out))  # same control images
-    _, _, flat_out = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    _, _, flat_out = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                           _cn(tf_tiny_controlnet_dir) + [("editor.control", "flat")])
     assert np.abs(_frames(flat_out) - _frames(canny_out)).mean() > 0.5
 
 
 def test_controlnet_key_follows_weights_and_extractor(tf_plugin_manager, tf_register, tf_tiny_model,
-                                                      tf_tiny_controlnet_dir, frames, cache,
+                                                      tf_tiny_controlnet_dir, frames, module_cache,
                                                       tmp_path: Path) -> None:
     other = save_tiny_controlnet(tmp_path / "other", tf_tiny_model.unet, seed=1,
                                  vae_scale_factor=tf_tiny_model.vae_scale_factor)
@@ -267,11 +264,12 @@ def test_controlnet_key_follows_weights_and_extractor(tf_plugin_manager, tf_regi
         (copy / f.name).write_bytes(f.read_bytes())
     assert controlnet_key(copy) == controlnet_key(tf_tiny_controlnet_dir)  # content, not path
     assert controlnet_key(other) != controlnet_key(tf_tiny_controlnet_dir)
-    base = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(tf_tiny_controlnet_dir))
-    moved = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(copy))
-    changed = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(other))
+    base = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
+                _cn(tf_tiny_controlnet_dir))
+    moved = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet", _cn(copy))
+    changed = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet", _cn(other))
     tf_register(FlatControl(), name="flat-plugin")
-    flat = _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+    flat = _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
                 _cn(tf_tiny_controlnet_dir) + [("editor.control", "flat")])
     for job in (moved, changed, flat):
         for kind in ("inversion", "features", "keyframes", "correspondence"):
@@ -281,27 +279,28 @@ def test_controlnet_key_follows_weights_and_extractor(tf_plugin_manager, tf_regi
 
 
 def test_controlnet_errors_are_one_clear_line(tf_plugin_manager, tf_tiny_model, tf_tiny_controlnet_dir,
-                                              frames, cache, tmp_path: Path) -> None:
+                                              frames, module_cache, tmp_path: Path) -> None:
     with pytest.raises(StageError, match="needs -o controlnet"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet")
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet")
     with pytest.raises(StageError, match="unknown control extractor 'depth'; installed: canny"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
              _cn(tf_tiny_controlnet_dir) + [("editor.control", "depth")])
     with pytest.raises(StageError, match="does not exist"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(tmp_path / "nope"))
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
+             _cn(tmp_path / "nope"))
     pickled = tmp_path / "pickled"
     pickled.mkdir()
     (pickled / "config.json").write_bytes((Path(tf_tiny_controlnet_dir) / "config.json").read_bytes())
     (pickled / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(StageError, match="only pickle weights; safetensors weights are required"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(pickled))
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet", _cn(pickled))
     not_cn = tmp_path / "not-cn"
     not_cn.mkdir()
     (not_cn / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
     with pytest.raises(StageError, match="is not a diffusers ControlNet"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet", _cn(not_cn))
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet", _cn(not_cn))
     with pytest.raises(ParamError, match="mode: expected one of pnp, sdedit"):
-        _job(tf_plugin_manager, tf_tiny_model, frames, cache, "controlnet",
+        _job(tf_plugin_manager, tf_tiny_model, frames, module_cache, "controlnet",
              _cn(tf_tiny_controlnet_dir) + [("editor.mode", "img2img")])
 
 
@@ -359,13 +358,13 @@ def test_tf_run_with_each_editor(tf_tiny_model_dir, tf_tiny_controlnet_dir, tmp_
 
 
 def test_sdedit_frames_edits_every_frame_alone(tf_plugin_manager, tf_tiny_model, frames,
-                                              cache) -> None:
-    job, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit-frames",
-                                 [("editor.strength", "0.5")])
+                                              module_cache) -> None:
+    job, results, blender = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache,
+                                 "sdedit-frames", [("editor.strength", "0.5")])
     assert set(job.stages) == {"inversion", "features", "editor", "blender"}  # nothing to propagate
     stats = results["blender"].stats
     assert (stats["steps"], stats["first_step"]) == (2, 2)
     assert stats["unet_frame_evals"] == 2 * 2 * N  # two branches, every frame, each step run
-    _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, cache, "sdedit",
+    _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
                     [("editor.strength", "0.5")])
     assert np.abs(_frames(blender) - _frames(sd)).mean() > 0.5  # propagation changes the result

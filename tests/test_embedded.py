@@ -75,8 +75,7 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
 
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
-    from tokenflow.plan import build_job
-    from tokenflow.stages import RunConfig
+    from tokenflow.testing import make_job
     from tokenflow.video import resize_frames
 
     model = load_model(None, device="cpu")
@@ -89,8 +88,8 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
         options = [("editor.strength", "1.0")]
         if editor == "controlnet":
             options.append(("editor.mode", "sdedit"))
-        job = build_job(pm, model, frames, RunConfig(steps=25, batch_size=8), cache=tmp_path / "cache",
-                        choices={"editor": editor}, params=params, options=options)
+        job = make_job(pm, model, frames, cache=tmp_path / "cache", steps=25, batch_size=8,
+                       editor=editor, params=params, options=options)
         if editor == "controlnet":
             assert job.stages["editor"].params.controlnet == "controlnet-canny"
         results = job.run()

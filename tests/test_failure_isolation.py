@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+from helpers import CliWorld, FakeDist, FakeEntryPoint, add_entry_points, cli_env
 from tokenflow_plugins.pnp import PnPEditor
 from tokenflow_plugins.tokenflow_blender import TokenFlowBlender
 
 import tokenflow.cli.plugins
-import tokenflow.manager
 from tokenflow import (
     BLENDER,
     EDITOR,
@@ -38,7 +38,6 @@ from tokenflow import (
     Params,
     StageBase,
     StageContext,
-    hookimpl,
 )
 from tokenflow.cache.store import create_array, write_coord
 from tokenflow.cli import cli
@@ -46,7 +45,7 @@ from tokenflow.cache.layouts import read_timesteps
 from tokenflow.manager import PluginLoadError, make_plugin_manager
 from tokenflow.registry import RegistryError, build_registry
 from tokenflow.stages import CHUNK, TIMESTEP
-from tokenflow.testing import fake_stage, synthetic_frames
+from tokenflow.testing import fake_stage, stage_plugin, synthetic_frames
 from tokenflow.video import write_frames
 
 BUILTIN_EPS = sorted(ep.name for ep in entry_points(group="tokenflow")
@@ -61,55 +60,11 @@ ENV = {"TOKENFLOW_LOAD_PLUGINS": None, "TOKENFLOW_DEBUG": None, "TOKENFLOW_CACHE
 # --------------------------------------------------------------------------------------------- fakes
 
 
-class FakeDist:
-    def __init__(self, name: str, version: str) -> None:
-        self.metadata = {"name": name}
-        self.version = version
-
-
-class FakeEntryPoint:
-    """An entry point of the ``tokenflow`` group whose ``load()`` returns ``plugin`` or raises."""
-
-    def __init__(self, name: str, dist: FakeDist, plugin: Any = None,
-                 error: Exception | None = None) -> None:
-        self.name, self.dist, self.group = name, dist, "tokenflow"
-        self.value = name
-        self._plugin, self._error = plugin, error
-        self.loads = 0
-
-    def load(self):
-        self.loads += 1
-        if self._error is not None:
-            raise self._error
-        return self._plugin
-
-
-def _add_entry_points(monkeypatch: pytest.MonkeyPatch, *eps: FakeEntryPoint) -> None:
-    """The installed entry points plus ``eps``, for every manager made in this test (CLI too)."""
-    real = list(entry_points(group="tokenflow"))
-    monkeypatch.setattr(tokenflow.manager, "_entry_points", lambda: [*real, *eps])
-
-
-def _plugin(hook_name: str, *classes: type) -> Any:
-    """A plugin object implementing one register_* hook that registers ``classes``."""
-
-    def impl(self, register):
-        for cls in classes:
-            register(cls)
-
-    impl.__name__ = hook_name
-    return type("FakePlugin", (), {hook_name: hookimpl(impl)})()
-
-
 def _module(name: str, source: str) -> types.ModuleType:
     """A plugin module as a distribution ships it (its code runs under its own module name)."""
     module = types.ModuleType(name)
     exec(compile(source, f"<{name}>", "exec"), module.__dict__)  # noqa: S102 (our own source)
     return module
-
-
-def _stage(kind: str, name: str) -> type:
-    return fake_stage(kind, name)
 
 
 def _lines(text: str) -> list[str]:
@@ -136,7 +91,7 @@ def broken_ep(monkeypatch: pytest.MonkeyPatch) -> FakeEntryPoint:
     """The distribution ``broken-pkg 0.3``, whose plugin module fails to import."""
     ep = FakeEntryPoint(BROKEN, FakeDist("broken-pkg", "0.3"),
                         error=ImportError("No module named 'missing_dependency'"))
-    _add_entry_points(monkeypatch, ep)
+    add_entry_points(monkeypatch, ep)
     return ep
 
 
@@ -167,7 +122,7 @@ def test_strict_loading_raises_on_a_plugin_failing_to_import(broken_ep: FakeEntr
 
 def test_only_the_first_line_of_an_import_error_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     error = SyntaxError("invalid syntax (stages.py, line 3)\n    def f(:\n         ^")
-    _add_entry_points(monkeypatch, FakeEntryPoint(BROKEN, FakeDist("broken-pkg", "0.3"), error=error))
+    add_entry_points(monkeypatch, FakeEntryPoint(BROKEN, FakeDist("broken-pkg", "0.3"), error=error))
     message = make_plugin_manager(environ={}).failures[BROKEN]
     assert message.endswith("SyntaxError: invalid syntax (stages.py, line 3)"), message
 
@@ -181,7 +136,7 @@ def test_a_builtin_plugin_failing_to_import_is_always_an_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     ep = FakeEntryPoint("tokenflow_plugins.lost", FakeDist("tokenflow", "0.1.0"),
                         error=ImportError("cannot import name 'gone' from 'tokenflow.editing.loop'"))
-    _add_entry_points(monkeypatch, ep)
+    add_entry_points(monkeypatch, ep)
     for strict in (False, True):
         with pytest.raises(PluginLoadError, match=r"tokenflow_plugins\.lost .*tokenflow.*'gone'"):
             make_plugin_manager(environ={}, strict=strict)
@@ -231,7 +186,7 @@ def after_stage(stage, outcome):
 def test_a_plugin_with_an_invalid_hookimpl_is_skipped_and_named(
         monkeypatch: pytest.MonkeyPatch) -> None:
     name = "tokenflow_badsig.hooks"
-    _add_entry_points(monkeypatch, FakeEntryPoint(name, FakeDist("tokenflow-badsig", "0.1"),
+    add_entry_points(monkeypatch, FakeEntryPoint(name, FakeDist("tokenflow-badsig", "0.1"),
                                                   _module(name, BADSIG_SOURCE)))
     result = CliRunner().invoke(cli, ["stages"], env=ENV)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -244,32 +199,14 @@ def test_a_plugin_with_an_invalid_hookimpl_is_skipped_and_named(
 # --------------------------------------------------------------------------------------------- tf run
 
 
-@dataclass
-class World:
-    """A clip, the tiny model and a cache filled by one good ``tf run``."""
-
-    root: Path
-    clip: Path
-    model: Path
-    cache: Path
-    env: dict
-
-    def invoke(self, *args: str) -> Result:
-        return CliRunner().invoke(cli, list(args), env=self.env)
-
-    def run(self, *extra: str, cache: Path, out: Path, debug: bool = False) -> Result:
-        return self.invoke(*(["--debug"] if debug else []), "run", str(self.clip), "--prompt",
-                           "a blue ball", "--model", str(self.model), *COMMON, "--cache-dir",
-                           str(cache), "--out", str(out), *extra)
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> World:
+def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> CliWorld:
+    """A clip, the tiny model and a cache filled by one good ``tf run``."""
     root = tmp_path_factory.mktemp("isolation")
     write_frames(root / "clip", synthetic_frames(N, height=64, width=64))
-    env = {**ENV, "TOKENFLOW_HASH_CACHE": str(root / "hash-memo"), "HF_HUB_OFFLINE": "1"}
-    world = World(root=root, clip=root / "clip", model=Path(tf_tiny_model_dir),
-                  cache=root / "cache", env=env)
+    world = CliWorld(root=root, clip=root / "clip", model=Path(tf_tiny_model_dir),
+                     cache=root / "cache", env=cli_env(root, TOKENFLOW_DEBUG=None),
+                     settings=COMMON)
     good = world.run(cache=world.cache, out=root / "good-out")
     assert good.exit_code == 0, good.output
     return world
@@ -287,7 +224,7 @@ def _temps(root: Path) -> list[Path]:
 
 
 @pytest.fixture
-def used_cache(world: World, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def used_cache(world: CliWorld, tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A copy of the good run's cache, and its snapshot."""
     cache = tmp_path / "cache"
     shutil.copytree(world.cache, cache)
@@ -297,7 +234,7 @@ def used_cache(world: World, tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def test_tf_run_warns_about_a_broken_plugin_and_still_runs(
-        broken_ep: FakeEntryPoint, world: World, used_cache, tmp_path: Path) -> None:
+        broken_ep: FakeEntryPoint, world: CliWorld, used_cache, tmp_path: Path) -> None:
     cache, before = used_cache
     result = world.run("--seed", "7", cache=cache, out=tmp_path / "out")  # new keyframes onwards
     assert result.exit_code == 0, result.output
@@ -376,14 +313,14 @@ class Failure:
 
 
 FAILURES = {
-    "editor": Failure("tokenflow_boom.editor", _plugin("register_editors", DividingEditor),
+    "editor": Failure("tokenflow_boom.editor", stage_plugin(DividingEditor),
                       ("--editor", "dividing"),
                       "the editing loop (editor 'dividing', blender 'tokenflow')",
                       "ZeroDivisionError: division by zero"),
-    "keyframes": Failure("tokenflow_boom.keyframes", _plugin("register_keyframes", PartialKeyframes),
+    "keyframes": Failure("tokenflow_boom.keyframes", stage_plugin(PartialKeyframes),
                          ("--stage", "keyframes=partial"), "keyframes stage 'partial'",
                          "IndexError: list index out of range"),
-    "blender": Failure("tokenflow_boom.blender", _plugin("register_blenders", FlakyBlender),
+    "blender": Failure("tokenflow_boom.blender", stage_plugin(FlakyBlender),
                        ("--stage", "blender=flaky"),
                        "the editing loop (editor 'pnp', blender 'flaky')",
                        "FloatingPointError: non-finite latents at step 2"),
@@ -395,10 +332,10 @@ FAILURES = {
 
 @pytest.mark.parametrize("case", list(FAILURES))
 def test_a_plugin_failing_during_tf_run_is_named_and_the_cache_is_untouched(
-        case: str, world: World, used_cache, tmp_path: Path,
+        case: str, world: CliWorld, used_cache, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     failure = FAILURES[case]
-    _add_entry_points(monkeypatch, FakeEntryPoint(failure.ep, FakeDist("tokenflow-boom", "1.2"),
+    add_entry_points(monkeypatch, FakeEntryPoint(failure.ep, FakeDist("tokenflow-boom", "1.2"),
                                                   failure.plugin))
     monkeypatch.setattr(PartialKeyframes, "wrote", [])
     monkeypatch.setattr(FlakyBlender, "steps_seen", [])
@@ -424,10 +361,10 @@ def test_a_plugin_failing_during_tf_run_is_named_and_the_cache_is_untouched(
         assert not list((cache / "editor").glob("dividing-*"))
 
 
-def test_debug_lets_the_original_exception_through(world: World, used_cache, tmp_path: Path,
+def test_debug_lets_the_original_exception_through(world: CliWorld, used_cache, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     failure = FAILURES["editor"]
-    _add_entry_points(monkeypatch, FakeEntryPoint(failure.ep, FakeDist("tokenflow-boom", "1.2"),
+    add_entry_points(monkeypatch, FakeEntryPoint(failure.ep, FakeDist("tokenflow-boom", "1.2"),
                                                   failure.plugin))
     cache, before = used_cache
     debug_env = os.environ.get("TOKENFLOW_DEBUG")
@@ -461,11 +398,11 @@ class ImposingEditor(PnPEditor):
 @pytest.mark.parametrize("cls, error", [(EstimatingEditor, "ZeroDivisionError"),
                                         (ImposingEditor, "AttributeError")])
 def test_a_plugin_failing_while_a_run_is_planned_is_named(
-        cls: type, error: str, world: World, used_cache, tmp_path: Path,
+        cls: type, error: str, world: CliWorld, used_cache, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    _add_entry_points(monkeypatch, FakeEntryPoint("tokenflow_boom.editor",
+    add_entry_points(monkeypatch, FakeEntryPoint("tokenflow_boom.editor",
                                                   FakeDist("tokenflow-boom", "1.2"),
-                                                  _plugin("register_editors", cls)))
+                                                  stage_plugin(cls)))
     cache, before = used_cache
     result = world.run("--editor", cls.name, cache=cache, out=tmp_path / "out")
     assert isinstance(result.exception, SystemExit), repr(result.exception)
@@ -480,10 +417,10 @@ def test_a_plugin_failing_while_a_run_is_planned_is_named(
 def test_a_stage_name_from_two_distributions_names_both(monkeypatch: pytest.MonkeyPatch,
                                                         tmp_path: Path) -> None:
     alpha = FakeEntryPoint("tokenflow_alpha.editor", FakeDist("tokenflow-alpha", "1.0"),
-                           _plugin("register_editors", _stage(EDITOR, "twin")))
+                           stage_plugin(fake_stage(EDITOR, "twin")))
     beta = FakeEntryPoint("tokenflow_beta.editor", FakeDist("tokenflow-beta", "2.0"),
-                          _plugin("register_editors", _stage(EDITOR, "twin")))
-    _add_entry_points(monkeypatch, alpha, beta)
+                          stage_plugin(fake_stage(EDITOR, "twin")))
+    add_entry_points(monkeypatch, alpha, beta)
     pm = make_plugin_manager(environ={})
     with pytest.raises(RegistryError) as info:
         build_registry(pm)

@@ -18,18 +18,16 @@ import zarr
 from tokenflow.editing.diffusion import psnr
 from tokenflow.manager import make_plugin_manager
 from tokenflow.models import load_model
-from tokenflow.plan import build_job
 from tokenflow.editing.reconstruction import reconstruction_check
-from tokenflow.stages import RunConfig
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import make_job, synthetic_frames
 
 
 def _edit(model, frames: np.ndarray, cache: Path, *, steps: int, inversion_steps: int,
           batch_size: int, prompt: str):
-    job = build_job(make_plugin_manager(), model, frames,
-                    RunConfig(steps=steps, batch_size=batch_size), cache=cache,
-                    params={"inversion": {"inversion_steps": inversion_steps},
-                            "editor": {"prompt": prompt}})
+    job = make_job(make_plugin_manager(), model, frames, cache=cache, steps=steps,
+                   batch_size=batch_size,
+                   params={"inversion": {"inversion_steps": inversion_steps},
+                           "editor": {"prompt": prompt}})
     return job, job.run()
 
 

@@ -31,9 +31,7 @@ from tokenflow.cache.layouts import CorrespondenceReader, FeatureReader, layer_s
 from tokenflow.editing.loop import EditRun
 from tokenflow.manager import make_plugin_manager
 from tokenflow.models import load_model
-from tokenflow.plan import build_job
-from tokenflow.stages import RunConfig
-from tokenflow.testing import synthetic_frames
+from tokenflow.testing import make_job, synthetic_frames
 
 N, B, STEPS = 6, 3, 4
 K = -(-N // B)
@@ -112,11 +110,10 @@ def model(tf_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def _job(model, frames, cache, options=()):
     """The default stages with the PnP fractions of this module."""
-    return build_job(make_plugin_manager(), model, frames, RunConfig(steps=STEPS, batch_size=B),
-                     cache=cache,
-                     params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}},
-                     options=[("editor.pnp_attn_t", str(PNP_ATTN_T)),
-                              ("editor.pnp_f_t", str(PNP_F_T)), *options])
+    return make_job(make_plugin_manager(), model, frames, cache=cache, steps=STEPS, batch_size=B,
+                    params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}},
+                    options=[("editor.pnp_attn_t", str(PNP_ATTN_T)),
+                             ("editor.pnp_f_t", str(PNP_F_T)), *options])
 
 
 def _open(result) -> zarr.Group:

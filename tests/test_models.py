@@ -28,13 +28,6 @@ def _offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return memo_dir
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Model:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOKENFLOW_HASH_CACHE", str(tmp_path_factory.mktemp("hash-memo")))
-        return load_model(tiny_model_dir, device="cpu")
-
-
 def _copy(src: Path, dst: Path) -> Path:
     return Path(shutil.copytree(src, dst))
 
@@ -82,8 +75,8 @@ def test_build_tiny_model_is_seeded_and_not_degenerate() -> None:
 
 
 @pytest.mark.parametrize("layout", ["sd15", "sd21"])
-def test_load_saved_tiny_model_offline(layout: str, tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = tiny_model_dir if layout == "sd15" else save_tiny_model(tmp_path / "m", layout)
+def test_load_saved_tiny_model_offline(layout: str, tf_tiny_model_dir: Path, tmp_path: Path) -> None:
+    directory = tf_tiny_model_dir if layout == "sd15" else save_tiny_model(tmp_path / "m", layout)
     m = load_model(directory, device="cpu", dtype="fp32")
     assert m.model_id == str(directory) and m.revision is None
     assert m.device == torch.device("cpu") and m.dtype == torch.float32
@@ -96,10 +89,10 @@ def test_load_saved_tiny_model_offline(layout: str, tiny_model_dir: Path, tmp_pa
     assert len(m.key) == 64 and str(directory) in m.label
 
 
-def test_stable_diffusion_pipeline_loads_tiny_dir(tiny_model_dir: Path) -> None:
+def test_stable_diffusion_pipeline_loads_tiny_dir(tf_tiny_model_dir: Path) -> None:
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(tf_tiny_model_dir, local_files_only=True)
     images = pipe("a red ball", num_inference_steps=2, height=64, width=64, output_type="np",
                   generator=torch.Generator().manual_seed(0)).images
     assert images.shape == (1, 64, 64, 3) and np.isfinite(images).all()
@@ -123,20 +116,20 @@ def test_load_none_gives_the_embedded_model() -> None:
     assert load_model(None, device="cpu", dtype=torch.bfloat16).key != m.key
 
 
-def test_v_prediction_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "v")
+def test_v_prediction_checkpoint(tf_tiny_model_dir: Path, tmp_path: Path) -> None:
+    directory = _copy(tf_tiny_model_dir, tmp_path / "v")
     _edit_json(directory / "scheduler" / "scheduler_config.json", prediction_type="v_prediction")
     m = load_model(directory, device="cpu")
     assert m.prediction_type == "v_prediction" and "v_prediction" in m.label
 
 
-def test_hub_id_resolved_from_local_cache(tiny_model_dir: Path, tmp_path: Path,
+def test_hub_id_resolved_from_local_cache(tf_tiny_model_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--tiny-org--tiny-sd"
-    _copy(tiny_model_dir, repo / "snapshots" / commit)
+    _copy(tf_tiny_model_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -149,8 +142,8 @@ def test_hub_id_resolved_from_local_cache(tiny_model_dir: Path, tmp_path: Path,
 # --------------------------------------------------------------------------------------------- keys
 
 
-def test_key_stable_and_sensitive(tiny_model_dir: Path, tmp_path: Path, _offline: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "k")
+def test_key_stable_and_sensitive(tf_tiny_model_dir: Path, tmp_path: Path, _offline: Path) -> None:
+    directory = _copy(tf_tiny_model_dir, tmp_path / "k")
     key = load_model(directory, device="cpu").key
     memo = _offline / "filehash.json"
     assert memo.is_file() and len(json.loads(memo.read_text())) >= 5
@@ -170,21 +163,22 @@ def test_key_stable_and_sensitive(tiny_model_dir: Path, tmp_path: Path, _offline
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def test_encode_decode_frames_and_prompts(tiny: Model) -> None:
+def test_encode_decode_frames_and_prompts(tf_tiny_model: Model) -> None:
     frames = np.random.default_rng(0).integers(0, 256, size=(3, 64, 96, 3), dtype=np.uint8)
-    latents = tiny.encode_frames(frames, batch_size=2)
+    latents = tf_tiny_model.encode_frames(frames, batch_size=2)
     assert latents.shape == (3, 4, 8, 12) and latents.dtype == torch.float32
-    assert torch.equal(latents[:2], tiny.encode_frames(frames[:2]))  # batching does not change results
-    decoded = tiny.decode_latents(latents, batch_size=2)
+    # batching does not change results
+    assert torch.equal(latents[:2], tf_tiny_model.encode_frames(frames[:2]))
+    decoded = tf_tiny_model.decode_latents(latents, batch_size=2)
     assert decoded.shape == (3, 64, 96, 3) and decoded.dtype == np.uint8
     with pytest.raises(ValueError, match="multiple of 8"):
-        tiny.encode_frames(frames[:, :60])
-    emb = tiny.encode_prompts(["a red ball", "the cat on the floor"])
+        tf_tiny_model.encode_frames(frames[:, :60])
+    emb = tf_tiny_model.encode_prompts(["a red ball", "the cat on the floor"])
     assert emb.shape == (2, 77, 64) and emb.dtype == torch.float32
     assert not torch.equal(emb[0], emb[1])
-    assert not tiny.prompt_truncated("a red ball")
-    assert not tiny.prompt_truncated(" ".join(["cat"] * 75))
-    assert tiny.prompt_truncated(" ".join(["cat"] * 76))
+    assert not tf_tiny_model.prompt_truncated("a red ball")
+    assert not tf_tiny_model.prompt_truncated(" ".join(["cat"] * 75))
+    assert tf_tiny_model.prompt_truncated(" ".join(["cat"] * 76))
 
 
 def test_dtypes() -> None:
@@ -222,8 +216,8 @@ def test_error_pickle_only_weights(tmp_path: Path) -> None:
         load_model(tmp_path, device="cpu")
 
 
-def test_error_sdxl(tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "xl")
+def test_error_sdxl(tf_tiny_model_dir: Path, tmp_path: Path) -> None:
+    directory = _copy(tf_tiny_model_dir, tmp_path / "xl")
     _edit_json(directory / "unet" / "config.json", addition_embed_type="text_time")
     with pytest.raises(ModelError, match="SDXL checkpoints are not supported"):
         load_model(directory, device="cpu")
@@ -233,22 +227,23 @@ def test_error_sdxl(tiny_model_dir: Path, tmp_path: Path) -> None:
         load_model(directory, device="cpu")
 
 
-def test_error_unet_layout(tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "lpb1")
-    _edit_json(directory / "unet" / "config.json", layers_per_block=1)
-    with pytest.raises(ModelError, match=r"up_blocks\.1\.attentions\.2.*layers_per_block=2"):
+@pytest.mark.parametrize(("config", "change", "match"), [
+    pytest.param("unet/config.json", {"layers_per_block": 1},
+                 r"up_blocks\.1\.attentions\.2.*layers_per_block=2", id="unet_layout"),
+    pytest.param("scheduler/scheduler_config.json", {"prediction_type": "sample"},
+                 "prediction_type 'sample'", id="prediction_type"),
+])
+def test_error_in_a_config(config: str, change: dict, match: str, tf_tiny_model_dir: Path,
+                           tmp_path: Path) -> None:
+    """A copy of the tiny model with one value of a config changed is refused, naming it."""
+    directory = _copy(tf_tiny_model_dir, tmp_path / "model")
+    _edit_json(directory / config, **change)
+    with pytest.raises(ModelError, match=match):
         load_model(directory, device="cpu")
 
 
-def test_error_prediction_type(tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "sample")
-    _edit_json(directory / "scheduler" / "scheduler_config.json", prediction_type="sample")
-    with pytest.raises(ModelError, match="prediction_type 'sample'"):
-        load_model(directory, device="cpu")
-
-
-def test_error_missing_component(tiny_model_dir: Path, tmp_path: Path) -> None:
-    directory = _copy(tiny_model_dir, tmp_path / "novae")
+def test_error_missing_component(tf_tiny_model_dir: Path, tmp_path: Path) -> None:
+    directory = _copy(tf_tiny_model_dir, tmp_path / "novae")
     shutil.rmtree(directory / "vae")
     with pytest.raises(ModelError, match="missing vae/"):
         load_model(directory, device="cpu")

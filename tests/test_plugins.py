@@ -13,9 +13,9 @@ import pytest
 import tomllib
 import zarr
 from click.testing import CliRunner
+from helpers import FakeDist, FakeEntryPoint, add_entry_points
 from helpers_venv import build_tokenflow_wheel, clean_env, make_venv, run
 
-import tokenflow.manager
 from tokenflow import (
     BLENDER,
     CORRESPONDENCE,
@@ -25,7 +25,6 @@ from tokenflow import (
     KEYFRAMES,
     KINDS,
     Params,
-    RunConfig,
     StageBase,
     StageContext,
     hookimpl,
@@ -35,11 +34,9 @@ from tokenflow.cache.store import StageCache, create_array, write_coord
 from tokenflow.cli import cli
 from tokenflow.cache.layouts import read_timesteps
 from tokenflow.manager import PluginLoadError, make_plugin_manager
-from tokenflow.plan import build_job
-from tokenflow.run import Job
 from tokenflow.registry import REGISTER_HOOKS, RegistryError, build_registry
 from tokenflow.stages import CHUNK, TIMESTEP
-from tokenflow.testing import fake_stage, synthetic_frames
+from tokenflow.testing import fake_stage, make_job, stage_plugin, synthetic_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -47,6 +44,9 @@ BUILTIN_EPS: dict[str, str] = PYPROJECT["project"]["entry-points"]["tokenflow"]
 DOCS = ROOT / "docs" / "plugins.md"
 STEPS, BATCH, N = 4, 3, 6
 PROMPT = "a blue ball"
+#: ``make_job``'s settings for the lifecycle runs.
+RUN = {"steps": STEPS, "batch_size": BATCH,
+       "params": {"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}}}
 
 #: Every hookspec of tokenflow.hookspecs, by name (found by pluggy's marker, not by a list).
 HOOKSPECS = {name: fn for name, fn in vars(hookspecs).items()
@@ -118,22 +118,6 @@ def test_hookspecs_have_docstrings_and_firstresult_only_on_run_stage() -> None:
 # --------------------------------------------------------------------------------------------- registry
 
 
-def _stage(kind: str, name: str, **attrs) -> type:
-    """A minimal stage class of ``kind`` (every member of its protocol)."""
-    return fake_stage(kind, name, **attrs)
-
-
-def _plugin(hook_name: str, *classes: type):
-    """An object implementing one register_* hook that registers ``classes``."""
-
-    def impl(self, register):
-        for cls in classes:
-            register(cls)
-
-    impl.__name__ = hook_name
-    return type("TestPlugin", (), {hook_name: hookimpl(impl)})()
-
-
 def test_builtin_stage_names_are_unique_per_kind(tf_plugin_manager) -> None:
     seen: dict[tuple[str, str], list[str]] = {}
     for kind, hook_name in REGISTER_HOOKS.items():
@@ -162,8 +146,8 @@ def test_builtin_stage_names_are_unique_per_kind(tf_plugin_manager) -> None:
 )
 def test_each_register_hook_adds_stages_of_its_kind(tf_register, kind: str, hook_name: str) -> None:
     assert REGISTER_HOOKS[kind] == hook_name
-    cls = _stage(kind, f"test-{kind}")
-    registry = tf_register(_plugin(hook_name, cls), name=f"test-plugin-{kind}")
+    cls = fake_stage(kind, f"test-{kind}")
+    registry = tf_register(stage_plugin(cls, hook=hook_name), name=f"test-plugin-{kind}")
     assert registry.get(kind, f"test-{kind}") is cls
     assert registry.owner(kind, f"test-{kind}") == f"test-plugin-{kind}"
     others = [k for k in KINDS if k != kind]
@@ -179,36 +163,37 @@ def test_register_hooks_are_exactly_the_kinds() -> None:
 
 
 def test_duplicate_stage_name_names_both_plugins(tf_register) -> None:
-    dup = _stage(EDITOR, "pnp")
+    dup = fake_stage(EDITOR, "pnp")
     with pytest.raises(RegistryError) as info:
-        tf_register(_plugin("register_editors", dup), name="my-dup-plugin")
+        tf_register(stage_plugin(dup, hook="register_editors"), name="my-dup-plugin")
     message = str(info.value)
     assert "'pnp'" in message and "editor" in message
     assert "tokenflow_plugins.pnp" in message and "my-dup-plugin" in message
 
 
 def test_duplicate_within_one_plugin_is_an_error(tf_register) -> None:
-    a, b = _stage(KEYFRAMES, "same"), _stage(KEYFRAMES, "same")
+    a, b = fake_stage(KEYFRAMES, "same"), fake_stage(KEYFRAMES, "same")
     with pytest.raises(RegistryError, match="registered twice"):
-        tf_register(_plugin("register_keyframes", a, b), name="twice")
+        tf_register(stage_plugin(a, b, hook="register_keyframes"), name="twice")
 
 
 def test_stage_under_the_wrong_hook_is_rejected(tf_register) -> None:
     with pytest.raises(RegistryError, match="kind 'keyframes' but was registered as 'editor'"):
-        tf_register(_plugin("register_editors", _stage(KEYFRAMES, "misplaced")), name="wrong-hook")
+        tf_register(stage_plugin(fake_stage(KEYFRAMES, "misplaced"), hook="register_editors"),
+                    name="wrong-hook")
 
 
 @pytest.mark.parametrize(
     "cls, match",
     [
         (type("NoName", (StageBase,), {"kind": EDITOR, "edit_step": lambda s, st: None}), "no name"),
-        (_stage(EDITOR, "noop", edit_step=None), r"lacks edit_step\(\), required by the editor protocol"),
+        (fake_stage(EDITOR, "noop", edit_step=None), r"lacks edit_step\(\), required by the editor protocol"),
         (type("Bare", (), {"kind": EDITOR, "name": "bare"}), "has no 'version'"),
     ],
 )
 def test_malformed_stage_classes_are_rejected(tf_register, cls, match: str) -> None:
     with pytest.raises(RegistryError, match=match):
-        tf_register(_plugin("register_editors", cls), name="malformed")
+        tf_register(stage_plugin(cls, hook="register_editors"), name="malformed")
 
 
 def test_a_plugin_failing_in_its_register_hook_is_named(tf_register) -> None:
@@ -222,7 +207,7 @@ def test_a_plugin_failing_in_its_register_hook_is_named(tf_register) -> None:
 
 
 def test_tf_register_unregisters_after_the_test(tf_plugin_manager, tf_register) -> None:
-    plugin = _plugin("register_keyframes", _stage(KEYFRAMES, "temp"))
+    plugin = stage_plugin(fake_stage(KEYFRAMES, "temp"), hook="register_keyframes")
     registry = tf_register(plugin, name="temp-plugin")
     assert "temp" in registry.stages[KEYFRAMES]
     assert tf_plugin_manager.get_plugin("temp-plugin") is plugin
@@ -233,26 +218,6 @@ def test_tf_register_unregisters_after_the_test(tf_plugin_manager, tf_register) 
 # --------------------------------------------------------------------------------------------- loading
 
 
-class FakeDist:
-    def __init__(self, name: str, version: str) -> None:
-        self.metadata = {"name": name}
-        self.version = version
-
-
-class FakeEntryPoint:
-    def __init__(self, name: str, dist: FakeDist, plugin=None, error: Exception | None = None) -> None:
-        self.name, self.dist, self.group = name, dist, "tokenflow"
-        self.value = name
-        self._plugin, self._error = plugin, error
-        self.loads = 0
-
-    def load(self):
-        self.loads += 1
-        if self._error is not None:
-            raise self._error
-        return self._plugin
-
-
 FAKE_EP_NAME = "tokenflow_fake.editor"
 
 
@@ -260,9 +225,8 @@ FAKE_EP_NAME = "tokenflow_fake.editor"
 def fake_ep(monkeypatch: pytest.MonkeyPatch) -> FakeEntryPoint:
     """A third-party distribution ``tokenflow-fake 9.9`` providing the editor ``fake-editor``."""
     ep = FakeEntryPoint(FAKE_EP_NAME, FakeDist("tokenflow-fake", "9.9"),
-                        _plugin("register_editors", _stage(EDITOR, "fake-editor")))
-    real = list(entry_points(group="tokenflow"))
-    monkeypatch.setattr(tokenflow.manager, "_entry_points", lambda: [*real, ep])
+                        stage_plugin(fake_stage(EDITOR, "fake-editor")))
+    add_entry_points(monkeypatch, ep)
     return ep
 
 
@@ -313,8 +277,8 @@ def test_no_entry_points_means_core_only(fake_ep: FakeEntryPoint) -> None:
 
 def test_allow_list_uses_pep503_normalised_names(monkeypatch: pytest.MonkeyPatch) -> None:
     ep = FakeEntryPoint(FAKE_EP_NAME, FakeDist("tokenflow.fake", "1.0"),
-                        _plugin("register_editors", _stage(EDITOR, "fake-editor")))
-    monkeypatch.setattr(tokenflow.manager, "_entry_points", lambda: [ep])
+                        stage_plugin(fake_stage(EDITOR, "fake-editor")))
+    add_entry_points(monkeypatch, ep, installed=False)
     pm = make_plugin_manager(environ={"TOKENFLOW_LOAD_PLUGINS": "tokenflow-fake"})
     assert pm.get_plugin(FAKE_EP_NAME) is not None
 
@@ -322,8 +286,7 @@ def test_allow_list_uses_pep503_normalised_names(monkeypatch: pytest.MonkeyPatch
 def test_plugin_that_fails_to_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     ep = FakeEntryPoint("broken_pkg.stages", FakeDist("broken-pkg", "0.3"),
                         error=ImportError("No module named 'missing_dependency'"))
-    real = list(entry_points(group="tokenflow"))
-    monkeypatch.setattr(tokenflow.manager, "_entry_points", lambda: [*real, ep])
+    add_entry_points(monkeypatch, ep)
     # the default skips it and records one line naming it and its distribution
     pm = make_plugin_manager(environ={})
     assert list(pm.failures) == ["broken_pkg.stages"]
@@ -369,31 +332,8 @@ def test_tf_plugins_does_not_list_a_blocked_plugin_as_loaded(fake_ep: FakeEntryP
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path):
-    import torch
-
-    from tokenflow.models import load_model
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TOKENFLOW_HASH_CACHE", str(tmp_path_factory.mktemp("hash-memo")))
-        return load_model(str(tf_tiny_model_dir), device="cpu", dtype=torch.float32)
-
-
-@pytest.fixture(scope="module")
 def frames() -> np.ndarray:
     return synthetic_frames(N, height=64, width=64)
-
-
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("shared") / "cache"
-
-
-def make_job(pm, tiny, frames: np.ndarray, cache_root: Path, choices: dict | None = None) -> Job:
-    """What ``tf run`` builds, through tokenflow.plan directly."""
-    config = RunConfig(steps=STEPS, batch_size=BATCH)
-    return build_job(pm, tiny, frames, config, cache=cache_root, choices=choices,
-                     params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}})
 
 
 def _temps(root: Path) -> list[Path]:
@@ -430,13 +370,13 @@ class Observer:
         return result
 
 
-def test_lifecycle_hooks_see_every_stage_in_order(tf_register, tf_plugin_manager, tiny, frames,
-                                                  tmp_path: Path) -> None:
+def test_lifecycle_hooks_see_every_stage_in_order(tf_register, tf_plugin_manager, tf_tiny_model,
+                                                  frames, tmp_path: Path) -> None:
     observer = Observer()
     tf_register(observer, name="observer")
     cache = tmp_path / "cache"
 
-    job = make_job(tf_plugin_manager, tiny, frames, cache)
+    job = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=cache, **RUN)
     results = job.run()
     seen = [e[1] for e in observer.events if e[0] == "before"]
     # The editor runs inside the blender's run_stage (the editing loop writes both stores): the
@@ -449,7 +389,7 @@ def test_lifecycle_hooks_see_every_stage_in_order(tf_register, tf_plugin_manager
 
     observer.events.clear()
     observer.wrapped.clear()
-    again = make_job(tf_plugin_manager, tiny, frames, cache)
+    again = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=cache, **RUN)
     assert again.keys == job.keys and again.pending() == []
     results = again.run()
     assert observer.events == _expected_events(job, complete=True, cached=True)
@@ -477,11 +417,12 @@ class BoomKeyframes(StageBase):
 
 
 def test_stage_error_calls_on_stage_error_and_leaves_nothing_partial(
-        tf_register, tf_plugin_manager, tiny, frames, shared_cache: Path) -> None:
+        tf_register, tf_plugin_manager, tf_tiny_model, frames, module_cache: Path) -> None:
     observer = Observer()
     tf_register(observer, name="observer")
-    tf_register(_plugin("register_keyframes", BoomKeyframes), name="boom-plugin")
-    job = make_job(tf_plugin_manager, tiny, frames, shared_cache, choices={KEYFRAMES: "boom"})
+    tf_register(stage_plugin(BoomKeyframes), name="boom-plugin")
+    job = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=module_cache,
+                   stages={KEYFRAMES: "boom"}, **RUN)
     with pytest.raises(RuntimeError, match="boom in keyframes"):
         job.run()
     kinds = [(e[0], e[1]) for e in observer.events]
@@ -491,10 +432,10 @@ def test_stage_error_calls_on_stage_error_and_leaves_nothing_partial(
     assert key == job.keys[KEYFRAMES]
     assert isinstance(error, RuntimeError) and str(error) == "boom in keyframes"
     assert temps_then == [] and entry_then is None  # nothing partial when the hook runs
-    cache = StageCache(shared_cache)
+    cache = StageCache(module_cache)
     assert cache.lookup(KEYFRAMES, "boom", job.keys[KEYFRAMES]) is None
     assert not cache.path(KEYFRAMES, "boom", job.keys[KEYFRAMES]).exists()
-    assert _temps(shared_cache) == []
+    assert _temps(module_cache) == []
     assert {e.kind for e in cache.entries() if e.key in job.keys.values()} == {INVERSION, FEATURES}
     assert KEYFRAMES not in job.results and CORRESPONDENCE not in job.results
 
@@ -517,10 +458,11 @@ class FixedKeyframes(StageBase):
         create_array(ctx.output, "keyframes", dims=(TIMESTEP, CHUNK), data=keyframes)
 
 
-def test_a_test_plugin_replaces_the_keyframe_sampler(tf_register, tf_plugin_manager, tiny, frames,
-                                                     shared_cache: Path) -> None:
-    tf_register(_plugin("register_keyframes", FixedKeyframes), name="fixed-plugin")
-    job = make_job(tf_plugin_manager, tiny, frames, shared_cache, choices={KEYFRAMES: "fixed"})
+def test_a_test_plugin_replaces_the_keyframe_sampler(tf_register, tf_plugin_manager, tf_tiny_model,
+                                                     frames, module_cache: Path) -> None:
+    tf_register(stage_plugin(FixedKeyframes), name="fixed-plugin")
+    job = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=module_cache,
+                   stages={KEYFRAMES: "fixed"}, **RUN)
     assert job.stages[KEYFRAMES].name == "fixed"
     results = job.run()
     expected = np.tile(np.arange(0, N, BATCH), (STEPS, 1))
@@ -536,7 +478,7 @@ def test_a_test_plugin_replaces_the_keyframe_sampler(tf_register, tf_plugin_mana
     np.testing.assert_array_equal(np.asarray(corr["reference"][...]), np.tile(refs, (STEPS, 1, 1)))
     frames_out = np.asarray(zarr.open_group(str(results[BLENDER].path), mode="r")["frames"][...])
     assert frames_out.shape == (N, 64, 64, 3)
-    random_job = make_job(tf_plugin_manager, tiny, frames, shared_cache)
+    random_job = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=module_cache, **RUN)
     assert random_job.keys[KEYFRAMES] != job.keys[KEYFRAMES]
     assert random_job.keys[INVERSION] == job.keys[INVERSION]
     assert random_job.keys[FEATURES] == job.keys[FEATURES]

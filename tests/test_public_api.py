@@ -25,11 +25,11 @@ from tokenflow import (
     EditorOutput,
     Params,
     guided,
-    hookimpl,
     start_latents,
 )
 from tokenflow.registry import Registry, RegistryError
 from tokenflow.stages import PROTOCOLS
+from tokenflow.testing import stage_plugin
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugins" / "tokenflow-localblend"
@@ -129,17 +129,11 @@ class ScratchEditor:
         return guided(out, self.params.guidance_scale)
 
 
-class ScratchPlugin:
-    @hookimpl
-    def register_editors(self, register):
-        register(ScratchEditor)
-
-
 def test_a_from_scratch_editor_propagates_through_the_tokenflow_blender(
         tf_plugin_manager, tf_register, tf_tiny_model, tf_video, tmp_path: Path) -> None:
     """With nothing injected, the built-in ``sdedit`` at strength 1 computes exactly what this
     editor does: the same outputs bit for bit, through the same blender."""
-    tf_register(ScratchPlugin())
+    tf_register(stage_plugin(ScratchEditor))
     common = dict(model=tf_tiny_model, prompt="a blue square", steps=3, inversion_steps=3,
                   batch_size=4, size="64x64", cache_dir=tmp_path / "cache", pm=tf_plugin_manager)
     scratch = tokenflow.edit(tf_video, editor="scratch", **common)

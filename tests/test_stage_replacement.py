@@ -2,15 +2,14 @@
 registered for one test, run through the pipeline on the tiny model, with its effect checked
 downstream; and the cache keys chain (replacing a kind re-keys it and what is downstream only).
 
-The replacements use only tokenflow's public API (the layouts in ``tokenflow.cache.layouts``, the
-cache writers, the loop's ``EditStep``), as a third-party distribution would.
+The replacements use only tokenflow's public API (``from tokenflow import ...``: the layouts'
+readers, the cache writers, the loop's ``EditStep``), as a third-party distribution would.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,45 +18,50 @@ import zarr
 
 from tokenflow import (
     BLENDER,
+    CHANNEL,
+    CHUNK,
     CORRESPONDENCE,
     EDITOR,
     FEATURES,
+    FRAME,
+    HEIGHT,
     INVERSION,
     KEYFRAMES,
     KINDS,
-    Params,
-    RunConfig,
-    StageBase,
-    StageContext,
-    StageError,
-    hookimpl,
-)
-from tokenflow.editing.attention import self_attention_layers
-from tokenflow.cache.store import create_array, dir_size, write_coord
-from tokenflow.editing.diffusion import editing_grid
-from tokenflow.cache.layouts import group_name, layer_shapes, read_timesteps
-from tokenflow.editing.loop import EditorOutput, EditRun, EditStep
-from tokenflow.manager import make_plugin_manager
-from tokenflow.plan import DEFAULT_STAGES, build_job
-from tokenflow.run import Job
-from tokenflow.editing.source import SourcePass
-from tokenflow.stages import (
-    CHANNEL,
-    CHUNK,
-    FRAME,
-    HEIGHT,
     LATENT_DIMS,
     LAYER,
     REF,
     TIMESTEP,
     TOKEN,
     WIDTH,
+    EditorOutput,
+    EditRun,
+    EditStep,
+    Params,
+    SourcePass,
+    StageBase,
+    StageContext,
+    StageError,
+    create_array,
+    editing_grid,
+    group_name,
+    layer_shapes,
+    read_timesteps,
+    self_attention_layers,
+    write_coord,
 )
-from tokenflow.testing import synthetic_frames
+from tokenflow.cache.store import dir_size
+from tokenflow.manager import make_plugin_manager
+from tokenflow.plan import DEFAULT_STAGES
+from tokenflow.run import Job
+from tokenflow.testing import make_job, stage_plugin, synthetic_frames
 
 N, B, STEPS = 8, 4, 4
 K = N // B
 PROMPT = "a blue ball"
+#: ``make_job``'s settings in this module.
+RUN = {"steps": STEPS, "batch_size": B,
+       "params": {"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}}}
 
 
 # --------------------------------------------------------------------------------------------- inversion
@@ -318,16 +322,6 @@ class OwnKeyframeBlender(StageBase):
 # --------------------------------------------------------------------------------------------- fixtures
 
 
-def _plugin(hook_name: str, cls: type) -> Any:
-    """A plugin object implementing one register_* hook that registers ``cls``."""
-
-    def impl(self, register):
-        register(cls)
-
-    impl.__name__ = hook_name
-    return type(f"{cls.__name__}Plugin", (), {hook_name: hookimpl(impl)})()
-
-
 #: kind -> (register hook, replacement class).
 REPLACEMENTS: dict[str, tuple[str, type]] = {
     INVERSION: ("register_inversions", NoiseInversion),
@@ -344,7 +338,7 @@ def registered(tf_register):
     """Every replacement, one test plugin each; the registry with them."""
     registry = None
     for kind, (hook_name, cls) in REPLACEMENTS.items():
-        registry = tf_register(_plugin(hook_name, cls), name=f"test-{kind}-plugin")
+        registry = tf_register(stage_plugin(cls, hook=hook_name), name=f"test-{kind}-plugin")
     return registry
 
 
@@ -353,16 +347,18 @@ def frames() -> np.ndarray:
     return synthetic_frames(N, height=64, width=64)
 
 
-@pytest.fixture(scope="module")
-def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("replacement") / "cache"
+@pytest.fixture
+def plan(registered, tf_plugin_manager, tf_tiny_model, frames: np.ndarray, module_cache: Path):
+    """``plan(replacing=None, cache=None, options=())``: the run planned with the replacement of
+    the kind ``replacing`` (the built-in stages otherwise) and every replacement registered, in
+    ``cache`` (the module's shared cache unless given)."""
 
+    def plan_job(replacing: str | None = None, *, cache: Path | None = None, options=()) -> Job:
+        stages = {replacing: REPLACEMENTS[replacing][1].name} if replacing else None
+        return make_job(tf_plugin_manager, tf_tiny_model, frames, cache=cache or module_cache,
+                        stages=stages, options=options, **RUN)
 
-def make_job(pm, model, frames: np.ndarray, cache: Path, choices: dict | None = None,
-             options: list | None = None) -> Job:
-    return build_job(pm, model, frames, RunConfig(steps=STEPS, batch_size=B), cache=cache,
-                     choices=choices, options=options,
-                     params={"inversion": {"inversion_steps": STEPS}, "editor": {"prompt": PROMPT}})
+    return plan_job
 
 
 @dataclass
@@ -375,9 +371,9 @@ class Baseline:
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_model, frames: np.ndarray, cache_root: Path) -> Baseline:
+def baseline(tf_tiny_model, frames: np.ndarray, module_cache: Path) -> Baseline:
     """The built-in stages' run, in the shared cache (its upstream entries serve the others)."""
-    job = make_job(make_plugin_manager(), tiny_model, frames, cache_root)
+    job = make_job(make_plugin_manager(), tf_tiny_model, frames, cache=module_cache, **RUN)
     return Baseline(job, job.run())
 
 
@@ -402,9 +398,8 @@ def _arrays(group: zarr.Group) -> dict[str, tuple[str, ...]]:
 # --------------------------------------------------------------------------------------------- tests
 
 
-def test_noise_inversion_replaces_ddim(registered, tf_plugin_manager, tiny_model, frames,
-                                       cache_root: Path, baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root, choices={INVERSION: "noise"})
+def test_noise_inversion_replaces_ddim(plan, tf_tiny_model, baseline: Baseline) -> None:
+    job = plan(INVERSION)
     assert job.stages[INVERSION].name == "noise"
     results = job.run()
     inv, ddim = _open(results, INVERSION), baseline.store(INVERSION)
@@ -419,7 +414,7 @@ def test_noise_inversion_replaces_ddim(registered, tf_plugin_manager, tiny_model
     x0 = _arr(inv, "x0")
     np.testing.assert_allclose(x0, _arr(ddim, "x0"), atol=1e-5)
     # forward noising: every timestep holds the same seeded noise; DDIM inversion's noise drifts
-    alphas = tiny_model.scheduler.alphas_cumprod.numpy().astype(np.float64)
+    alphas = tf_tiny_model.scheduler.alphas_cumprod.numpy().astype(np.float64)
 
     def noise(store: zarr.Group, i: int) -> np.ndarray:
         a = alphas[timesteps[i]]
@@ -444,15 +439,13 @@ def test_noise_inversion_replaces_ddim(registered, tf_plugin_manager, tiny_model
     assert np.abs(out - _arr(baseline.store(BLENDER), "frames")).mean() > 1.0
 
 
-def test_conv_only_feature_store_equals_the_builtin_without_tokens(
-        registered, tf_plugin_manager, tiny_model, frames, cache_root: Path,
-        baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root, choices={FEATURES: "conv-only"})
+def test_conv_only_feature_store_equals_the_builtin_without_tokens(plan,
+                                                                   baseline: Baseline) -> None:
+    job = plan(FEATURES)
     # PnP's needs reach the replacement's knobs too
     assert job.stages[FEATURES].params == ConvOnlyParams(("up_blocks.1.resnets.1",), 0.8)
     results = job.run()
-    builtin = make_job(tf_plugin_manager, tiny_model, frames, cache_root,
-                       options=[("features.store_tokens", "false"), ("features.dtype", "float32")])
+    builtin = plan(options=[("features.store_tokens", "false"), ("features.dtype", "float32")])
     reference = builtin.run()
     mine, theirs = _open(results, FEATURES), _open(reference, FEATURES)
     arrays = _arrays(mine)
@@ -473,10 +466,9 @@ def test_conv_only_feature_store_equals_the_builtin_without_tokens(
     assert dir_size(results[FEATURES].path) < dir_size(baseline.results[FEATURES].path) / 2
 
 
-def test_middle_keyframes_reach_the_editor_and_the_correspondences(
-        registered, tf_plugin_manager, tiny_model, frames, cache_root: Path,
-        baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root, choices={KEYFRAMES: "middle"})
+def test_middle_keyframes_reach_the_editor_and_the_correspondences(plan,
+                                                                   baseline: Baseline) -> None:
+    job = plan(KEYFRAMES)
     results = job.run()
     middle = np.array([2, 6])
     expected = np.tile(middle, (STEPS, 1))
@@ -489,11 +481,8 @@ def test_middle_keyframes_reach_the_editor_and_the_correspondences(
     assert _arr(_open(results, BLENDER), "frames").shape == (N, 64, 64, 3)
 
 
-def test_identity_correspondence_changes_what_is_propagated(
-        registered, tf_plugin_manager, tiny_model, frames, cache_root: Path,
-        baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root,
-                   choices={CORRESPONDENCE: "identity"})
+def test_identity_correspondence_changes_what_is_propagated(plan, baseline: Baseline) -> None:
+    job = plan(CORRESPONDENCE)
     results = job.run()
     corr, nn = _open(results, CORRESPONDENCE), baseline.store(CORRESPONDENCE)
     np.testing.assert_array_equal(_arr(corr, "reference"), _arr(nn, "reference"))
@@ -513,10 +502,9 @@ def test_identity_correspondence_changes_what_is_propagated(
     assert np.abs(latents - _arr(baseline.store(BLENDER), "latents")).max() > 1e-3
 
 
-def test_reconstruct_editor_returns_the_source_through_the_vae(
-        registered, tf_plugin_manager, tiny_model, frames, cache_root: Path,
-        baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root, choices={EDITOR: "reconstruct"})
+def test_reconstruct_editor_returns_the_source_through_the_vae(plan, tf_tiny_model,
+                                                              baseline: Baseline) -> None:
+    job = plan(EDITOR)
     # it propagates nothing: no keyframes, no correspondences are planned
     assert list(job.stages) == [INVERSION, FEATURES, EDITOR, BLENDER]
     results = job.run()
@@ -526,17 +514,15 @@ def test_reconstruct_editor_returns_the_source_through_the_vae(
     np.testing.assert_array_equal(latents[-1], x0)
     np.testing.assert_array_equal(latents[:-1], _arr(baseline.store(INVERSION), "latents")[1:])
     out = _arr(_open(results, BLENDER), "frames")
-    np.testing.assert_array_equal(out, tiny_model.decode_latents(torch.from_numpy(x0)))
+    np.testing.assert_array_equal(out, tf_tiny_model.decode_latents(torch.from_numpy(x0)))
     np.testing.assert_array_equal(_arr(_open(results, EDITOR), "keyframes"),
                                   np.tile(np.arange(N), (STEPS, 1)))
     assert np.abs(out.astype(float) - _arr(baseline.store(BLENDER), "frames")).mean() > 1.0
 
 
-def test_own_keyframe_blender_changes_only_the_frames_that_blended(
-        registered, tf_plugin_manager, tiny_model, frames, cache_root: Path,
-        baseline: Baseline) -> None:
-    job = make_job(tf_plugin_manager, tiny_model, frames, cache_root,
-                   choices={BLENDER: "own-keyframe"})
+def test_own_keyframe_blender_changes_only_the_frames_that_blended(plan,
+                                                                   baseline: Baseline) -> None:
+    job = plan(BLENDER)
     results = job.run()
     latents = _arr(_open(results, BLENDER), "latents")
     theirs = _arr(baseline.store(BLENDER), "latents")
@@ -564,11 +550,10 @@ DOWNSTREAM: dict[str, set[str]] = {
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_replacing_a_kind_rekeys_it_and_downstream_only(registered, tf_plugin_manager, tiny_model,
-                                                        frames, tmp_path: Path, kind: str) -> None:
-    base = make_job(tf_plugin_manager, tiny_model, frames, tmp_path).keys
+def test_replacing_a_kind_rekeys_it_and_downstream_only(plan, tmp_path: Path, kind: str) -> None:
+    base = plan(cache=tmp_path).keys
     name = REPLACEMENTS[kind][1].name
-    job = make_job(tf_plugin_manager, tiny_model, frames, tmp_path, choices={kind: name})
+    job = plan(kind, cache=tmp_path)
     assert job.stages[kind].name == name != DEFAULT_STAGES[kind]
     # the reconstruct editor propagates nothing, so keyframes and correspondences drop out
     planned = set(KINDS) - ({KEYFRAMES, CORRESPONDENCE} if kind == EDITOR else set())

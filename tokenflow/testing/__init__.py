@@ -24,8 +24,11 @@ Markers:
 * ``slow``: end-to-end runs that take more than a few seconds (informative only).
 
 Helpers: :func:`synthetic_frames` (the ``tf_video`` clip as an array), :func:`read_frames`,
-:func:`make_job` (a planned run of frames already at the working size, as ``tf run`` plans it)
-and :func:`build_registry`. The tiny model builders are :mod:`tokenflow.testing.tiny`.
+:func:`make_job` (a planned run of frames already at the working size, as ``tf run`` plans it),
+:func:`build_registry`, :func:`fake_stage` (a minimal stage class of a kind) and
+:func:`stage_plugin` (a plugin object registering stage classes, for ``tf_register``:
+``tf_register(stage_plugin(MyEditor))``). The tiny model builders are
+:mod:`tokenflow.testing.tiny`.
 """
 
 from __future__ import annotations
@@ -98,6 +101,23 @@ def fake_stage(kind: str, name: str, *, base: type | None = None, **attrs) -> ty
         del body[member]
     title = name.title().replace("-", "").replace("_", "")
     return type(f"Fake{kind.title()}{title}", (base or StageBase,), body)
+
+
+def stage_plugin(*classes: type, hook: str | None = None):
+    """A plugin object whose one ``register_*`` hook registers ``classes``, to pass to
+    ``tf_register``: the hook of the first class's kind, or ``hook`` (a hook name such as
+    ``"register_editors"``) to register them under another one."""
+    from tokenflow.hookspecs import hookimpl
+    from tokenflow.registry import REGISTER_HOOKS
+
+    hook_name = hook or REGISTER_HOOKS[classes[0].kind]
+
+    def impl(self, register):
+        for cls in classes:
+            register(cls)
+
+    impl.__name__ = hook_name
+    return type("StagePlugin", (), {hook_name: hookimpl(impl)})()
 
 
 def pytest_configure(config) -> None:
