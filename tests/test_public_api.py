@@ -175,6 +175,9 @@ def test_an_editor_that_does_not_propagate_needs_no_predict() -> None:
     registry = Registry()
     registry.add(EDITOR, _stage(EDITOR, propagates=False, **members), "test-plugin")
     assert "x" in registry.stages[EDITOR]
+    del members["edit_step"]  # the rest of the protocol still holds
+    with pytest.raises(RegistryError, match=r"lacks edit_step\(\), required"):
+        Registry().add(EDITOR, _stage(EDITOR, propagates=False, **members), "test-plugin")
 
 
 # ----------------------------------------------------------------------------------- layout
@@ -183,8 +186,7 @@ def test_an_editor_that_does_not_propagate_needs_no_predict() -> None:
 BESIDE = ("tokenflow.eval", "tokenflow.embedded", "tokenflow.testing", "tokenflow.cli",
           "tokenflow_plugins")
 CORE = [p for p in sorted((ROOT / "tokenflow").rglob("*.py"))
-        if p.relative_to(ROOT / "tokenflow").parts[0] not in ("eval", "embedded", "testing", "cli")
-        and p.name != "__init__.py" or p == ROOT / "tokenflow" / "__init__.py"]
+        if p.relative_to(ROOT / "tokenflow").parts[0] not in ("eval", "embedded", "testing", "cli")]
 
 
 @pytest.mark.parametrize("path", CORE, ids=lambda p: p.relative_to(ROOT).as_posix())
