@@ -27,7 +27,8 @@ def _reinit_zero_weights(module: torch.nn.Module) -> None:
 
 
 def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 16,
-                     prediction_type: str = "epsilon") -> dict[str, Any]:
+                     prediction_type: str = "epsilon", unet: dict[str, Any] | None = None,
+                     vae: dict[str, Any] | None = None) -> dict[str, Any]:
     """Randomly initialised SD-shaped components (stock classes): ``unet``, ``vae``, ``text_encoder``,
     ``tokenizer``, ``scheduler``.
 
@@ -37,7 +38,10 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
     Weights come from ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (global RNG untouched). Any
     all-zero weight tensor (some diffusers versions zero-init ``conv_out``/``proj_out``, silencing outputs) gets
     small seeded noise instead; a no-op on diffusers 0.42, where only norm biases start at zero.
+    ``unet`` and ``vae`` override entries of the two configs (e.g. ``block_out_channels``), for
+    benchmarks that need a larger model of the same shape.
     """
+    unet_overrides, vae_overrides = dict(unet or {}), dict(vae or {})
     if layout not in ("sd15", "sd21"):
         raise ModelError(f"unknown tiny layout {layout!r}: use 'sd15' or 'sd21'")
     if prediction_type not in PREDICTION_TYPES:
@@ -46,7 +50,7 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
         tokenizer = tiny_tokenizer(tmp)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
+        unet_config = dict(
             sample_size=sample_size, in_channels=4, out_channels=4,
             down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
             up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -55,11 +59,13 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
             attention_head_dim=8 if layout == "sd15" else (2, 4, 4, 4),
             use_linear_projection=layout == "sd21",
         )
-        vae = AutoencoderKL(
+        vae_config = dict(
             in_channels=3, out_channels=3, latent_channels=4, sample_size=sample_size * 8,
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=(16, 32, 32, 32), layers_per_block=1, norm_num_groups=8, scaling_factor=0.18215,
         )
+        unet = UNet2DConditionModel(**{**unet_config, **unet_overrides})
+        vae = AutoencoderKL(**{**vae_config, **vae_overrides})
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
@@ -73,12 +79,14 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
 
 
 def save_tiny_model(directory: str | os.PathLike, layout: str = "sd15", *, seed: int = 0, sample_size: int = 16,
-                    prediction_type: str = "epsilon") -> Path:
+                    prediction_type: str = "epsilon", unet: dict[str, Any] | None = None,
+                    vae: dict[str, Any] | None = None) -> Path:
     """Save a tiny random model as a diffusers directory (safetensors) loadable by :func:`load_model` and
     ``StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)``."""
     from diffusers import StableDiffusionPipeline
 
-    parts = build_tiny_model(layout, seed=seed, sample_size=sample_size, prediction_type=prediction_type)
+    parts = build_tiny_model(layout, seed=seed, sample_size=sample_size, prediction_type=prediction_type,
+                             unet=unet, vae=vae)
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     directory = Path(directory)
