@@ -13,6 +13,7 @@ from tokenflow import (
     INVERSION,
     LATENT_DIMS,
     TIMESTEP,
+    BackgroundWriter,
     Params,
     StageBase,
     StageContext,
@@ -111,7 +112,7 @@ class DDIMInversion(StageBase):
                 f"editing timesteps {missing[:4]} are not on the {len(grid)}-step inversion grid; "
                 f"use --inversion-steps a multiple of --steps ({ctx.config.steps})"
             )
-        batch = int(ctx.options.get("unet_batch", 8))
+        batch = int(ctx.options.get("unet_batch", ctx.config.batch_size))
         progress = ctx.progress
         resumed = progress is not None and progress.done("x0")
         if resumed:  # an interrupted run encoded the frames already
@@ -140,21 +141,27 @@ class DDIMInversion(StageBase):
             x_start = torch.from_numpy(np.asarray(slots[state["slot"]][...])).to(model.device)
         every = float(ctx.options.get("checkpoint_seconds", 0.0))  # 0: every timestep
         last = [time.monotonic()]
+        last_slot = [state.get("slot")]
         index_of = {t: i for i, t in enumerate(editing)}
         text = model.encode_prompts([self.params.prompt])
 
+        def checkpoint(index: int, slot: str, x: np.ndarray) -> None:
+            slots[slot][...] = x
+            progress.mark("x0", step=index, slot=slot)
+
         def step_done(index: int, t: int, x: torch.Tensor) -> None:
-            if t in index_of:  # an editing timestep: final data, written now
-                latents[index_of[t]] = x.cpu().numpy()
+            if t in index_of:  # an editing timestep: final data, written in the background
+                writer.submit(latents.__setitem__, index_of[t], x.cpu().numpy())
             if progress is not None and (time.monotonic() - last[0] >= every
                                          or index == len(grid) - 1):
-                slot = "b" if state.get("slot") == "a" else "a"  # never overwrite the last good one
-                slots[slot][...] = x.cpu().numpy()
-                progress.mark("x0", step=index, slot=slot)
+                # alternate, so the slot being written is never the one the last mark names
+                slot = last_slot[0] = "b" if last_slot[0] == "a" else "a"
+                writer.submit(checkpoint, index, slot, x.cpu().numpy())
                 last[0] = time.monotonic()
             bar.update(1)
 
-        with ctx.bar(len(grid), f"invert ({len(grid)} steps)") as bar:
+        with ctx.bar(len(grid), f"invert ({len(grid)} steps)") as bar, \
+                BackgroundWriter() as writer:
             bar.update(start)
             _, x_max = invert(model, x0, text, grid, set(editing), on_step=step_done,
                               batch_size=batch, start=start, x_start=x_start)

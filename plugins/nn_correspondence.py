@@ -7,6 +7,7 @@ of each reference keyframe. Computed once, on the source video's features.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ from tokenflow import (
     REF,
     TIMESTEP,
     TOKEN,
+    BackgroundWriter,
     FeatureReader,
     Params,
     SourcePass,
@@ -121,18 +123,29 @@ class NNCorrespondence(StageBase):
         out.attrs["groups"] = {layer: feats.groups[layer] for layer in feats.layers}
         device = ctx.model.device
         every = list(range(n))
-        with torch.no_grad(), ctx.bar(steps * len(feats.layers), "correspondence") as bar:
-            for i in range(steps):
-                for layer in feats.layers:
-                    x = feats.tokens(i, layer, every).to(device)
-                    index = np.empty((n, 2, x.shape[1]), dtype=np.int32)
-                    for r in range(2):
-                        for key in np.unique(refs[i, :, r]):
-                            members = np.flatnonzero(refs[i, :, r] == key)
-                            index[members, r] = nearest_tokens(x[members], x[int(key)]).cpu().numpy()
-                    arr, j = arrays[layer]
-                    arr[i, :, j] = index
-                    bar.update(1)
+        work = [(i, layer) for i in range(steps) for layer in feats.layers]
+
+        def store(arr, i: int, j: int, index: np.ndarray) -> None:
+            arr[i, :, j] = index
+
+        # reading (and decompressing) the next layer's tokens overlaps this one's search, and
+        # writing its indices the next one's
+        with torch.no_grad(), ctx.bar(len(work), "correspondence") as bar, \
+                ThreadPoolExecutor(1, thread_name_prefix="tokenflow-reader") as reader, \
+                BackgroundWriter() as writer:
+            ahead = reader.submit(feats.tokens, work[0][0], work[0][1], every)
+            for k, (i, layer) in enumerate(work):
+                x = ahead.result().to(device)
+                if k + 1 < len(work):
+                    ahead = reader.submit(feats.tokens, work[k + 1][0], work[k + 1][1], every)
+                index = np.empty((n, 2, x.shape[1]), dtype=np.int32)
+                for r in range(2):
+                    for key in np.unique(refs[i, :, r]):
+                        members = np.flatnonzero(refs[i, :, r] == key)
+                        index[members, r] = nearest_tokens(x[members], x[int(key)]).cpu().numpy()
+                arr, j = arrays[layer]
+                writer.submit(store, arr, i, j, index)
+                bar.update(1)
 
 
 @hookimpl

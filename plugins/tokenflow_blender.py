@@ -83,7 +83,7 @@ class TokenFlowBlender(StageBase):
         slot_of = {f: j for j, f in enumerate(step.keyframes)}
         new = torch.empty_like(step.latents)
         device = step.latents.device
-        for frames in run.chunks():
+        for frames in run.call_groups():  # whole chunks, batched for the UNet
             refs = corr.references(step.index, frames)
             try:
                 slots = torch.tensor([[slot_of[int(r)] for r in row] for row in refs], device=device)

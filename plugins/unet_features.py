@@ -26,6 +26,7 @@ from tokenflow import (
     TOKEN,
     TOKEN_DIMS,
     WIDTH,
+    BackgroundWriter,
     Params,
     SourcePass,
     StageBase,
@@ -138,7 +139,14 @@ class UNetFeatures(StageBase):
                   if params.store_tokens or i < conv_steps]
         progress = ctx.progress
         before = int(progress.state.get("unet_frame_evals", 0)) if progress is not None else 0
-        with ctx.bar(len(passes), "features") as bar:
+        def store(i: int, s0: int, found: dict, tag: str, evals: int) -> None:
+            for name, value in found.items():
+                arr, j = arrays[name]
+                arr[i, s0:s0 + value.shape[0], j] = value
+            if progress is not None:
+                progress.mark(tag, unet_frame_evals=evals)
+
+        with ctx.bar(len(passes), "features") as bar, BackgroundWriter() as writer:
             for i, s0 in passes:
                 tag = f"t{i}:f{s0}:b{batch}"  # a new batch size rechunks: nothing matches
                 if progress is not None and progress.done(tag):  # resumed: already stored
@@ -146,12 +154,9 @@ class UNetFeatures(StageBase):
                     continue
                 frames = range(s0, min(s0 + batch, n))
                 tokens, residuals = source.run(i, frames, conv=i < conv_steps)
-                found = {**(tokens if params.store_tokens else {}), **residuals}
-                for name, value in found.items():
-                    arr, j = arrays[name]
-                    arr[i, s0:s0 + len(frames), j] = value.to(torch.float32).cpu().numpy()
-                if progress is not None:
-                    progress.mark(tag, unet_frame_evals=before + source.frame_evals)
+                found = {name: value.to(torch.float32).cpu().numpy() for name, value in
+                         {**(tokens if params.store_tokens else {}), **residuals}.items()}
+                writer.submit(store, i, s0, found, tag, before + source.frame_evals)
                 bar.update(1)
         out.attrs["stats"] = {"unet_frame_evals": before + source.frame_evals}
 

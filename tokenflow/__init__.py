@@ -42,6 +42,7 @@ _export("tokenflow.stages",
 _export("tokenflow.params", "Params", "ParamError")
 # stores: writing arrays with named dims, reading each kind's layout
 _export("tokenflow.cache.store", "create_array", "write_coord")
+_export("tokenflow.cache.writer", "BackgroundWriter")
 _export("tokenflow.cache.layouts", "FeatureReader", "CorrespondenceReader", "group_name",
         "layer_shapes", "token_grid", "read_timesteps")
 # the editing loop and its building blocks
@@ -94,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         token_grid,
     )
     from tokenflow.cache.store import create_array, write_coord
+    from tokenflow.cache.writer import BackgroundWriter
     from tokenflow.editing.attention import self_attention_layers
     from tokenflow.editing.controls import ControlExtractor, get_extractor
     from tokenflow.editing.diffusion import ddim_scheduler, editing_grid, to_epsilon

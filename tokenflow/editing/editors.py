@@ -236,11 +236,12 @@ class KeyframeEditor(StageBase):
         return guided(out, self.params.guidance_scale)
 
     def edit_frames(self, step: EditStep) -> EditorOutput:
-        """Every frame edited on its own, chunk by chunk (no extended attention, no
-        propagation), then a DDIM step: what ``edit_step`` does when ``propagates`` is False."""
+        """Every frame edited on its own (no extended attention, no propagation; the UNet takes
+        whole chunks, batched), then a DDIM step: what ``edit_step`` does when ``propagates`` is
+        False."""
         run = step.run
         outputs, latents = [], []
-        for frames in run.chunks():
+        for frames in run.call_groups():
             inject, conv = self.injections(step, frames)
             x = step.latents[frames]
             out = run.call_unet(x, step.timestep, run.editor_state["text"], n_branches=2,

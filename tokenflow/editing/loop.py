@@ -100,6 +100,20 @@ class EditRun:
         n, b = self.n_frames, self.batch_size
         return [list(range(s, min(s + b, n))) for s in range(0, n, b)]
 
+    @property
+    def unet_batch(self) -> int:
+        """Frames per UNet call (per branch): the run's ``unet_batch`` knob, which changes memory
+        use and speed, not what is computed (default: the chunk size)."""
+        return max(1, int(self.ctx.options.get("unet_batch", self.batch_size)))
+
+    def call_groups(self) -> list[list[int]]:
+        """Frame indices per UNet call for work done frame by frame (propagation, per-frame
+        editing): whole chunks, as many as fit in :attr:`unet_batch` (at least one)."""
+        per_call = max(1, self.unet_batch // self.batch_size)
+        chunks = self.chunks()
+        return [[f for chunk in chunks[s:s + per_call] for f in chunk]
+                for s in range(0, len(chunks), per_call)]
+
     def alpha(self, t: int) -> torch.Tensor:
         return self.scheduler.alphas_cumprod[int(t)].to(torch.float32)
 

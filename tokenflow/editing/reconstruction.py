@@ -19,7 +19,7 @@ def reconstruction_check(job, results) -> dict:
     steps = int(store.attrs["inversion_steps"])
     text = model.encode_prompts([str(store.attrs.get("prompt", ""))])
     with ctx.bar(steps, "reconstruction check") as bar:
-        x0 = regenerate(model, x_max, text, steps, batch_size=int(ctx.options.get("unet_batch", 8)),
+        x0 = regenerate(model, x_max, text, steps, batch_size=int(ctx.options.get("unet_batch", ctx.config.batch_size)),
                         on_step=lambda: bar.update(1))
     values = _finite(psnr(model.decode_latents(x0), ctx.frames))
     clean = torch.from_numpy(np.asarray(store["x0"][...], dtype=np.float32))

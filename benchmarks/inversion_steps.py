@@ -1,0 +1,72 @@
+"""Reconstruction PSNR against DDIM inversion steps, as `tf invert` reports it: invert every frame
+with N steps, regenerate from the inverted noise over the same grid (same prompt, no guidance),
+compare with the source frames.
+
+    python benchmarks/inversion_steps.py [--steps 50,100,250,500] [--frames 8] [--clips ball,sky,...]
+
+On the embedded model and its example clips (each with its source caption as the inversion
+prompt, 64x64, the first ``--frames`` frames). Prints one Markdown table: mean and minimum PSNR
+per clip and step count, the VAE's own PSNR (the ceiling), seconds, and for each clip the fewest
+steps within 0.5 dB of the most.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS = {
+    "ball": "a red ball on a checkered floor",
+    "turning_box": "a blue striped box on sand",
+    "passing": "a green triangle and a yellow dotted ball on a gray wall",
+    "sky": "a orange ball on sky",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="50,100,250,500")
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--clips", default=",".join(CAPTIONS))
+    parser.add_argument("--tolerance", type=float, default=0.5)
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    import tokenflow
+
+    torch.set_num_threads(1)
+    counts = [int(s) for s in args.steps.split(",")]
+    model = tokenflow.load_model(None, device="cpu")
+    print(f"embedded model, 64x64, first {args.frames} frames, editing grid 50 steps, 1 torch "
+          f"thread; reconstruction PSNR in dB (mean / min over frames)\n")
+    print("| clip | " + " | ".join(f"{c} steps" for c in counts)
+          + " | VAE alone | fewest steps within " + f"{args.tolerance} dB of {max(counts)} |")
+    print("|" + "---|" * (len(counts) + 3))
+    with tempfile.TemporaryDirectory(prefix="tf-invsteps-") as tmp:
+        for clip in args.clips.split(","):
+            path = ROOT / "examples" / "clips" / f"{clip}.mp4"
+            if not path.exists():
+                sys.exit(f"{path} is missing: python examples/make_clips.py")
+            cells, means, vae = [], {}, None
+            for count in counts:
+                start = time.perf_counter()
+                result = tokenflow.invert(path, model=model, inversion_prompt=CAPTIONS[clip],
+                                          inversion_steps=count, steps=50, frames=args.frames,
+                                          cache_dir=Path(tmp) / "cache")
+                seconds = time.perf_counter() - start
+                psnr = result.psnr
+                means[count], vae = psnr["mean"], psnr["vae_mean"]
+                cells.append(f"{psnr['mean']:.2f} / {psnr['min']:.2f} ({seconds:.0f} s)")
+            best = means[max(counts)]
+            enough = min(c for c in counts if means[c] >= best - args.tolerance)
+            print(f"| {clip} | " + " | ".join(cells) + f" | {vae:.2f} | {enough} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
