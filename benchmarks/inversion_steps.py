@@ -7,7 +7,9 @@ compare with the source frames.
 On the embedded model and its example clips (each with its source caption as the inversion
 prompt, 64x64, the first ``--frames`` frames). Prints one Markdown table: mean and minimum PSNR
 per clip and step count, the VAE's own PSNR (the ceiling), seconds, and for each clip the fewest
-steps within 0.5 dB of the most.
+steps within 0.5 dB of the most. Then, with ``--wall``, the wall time of a cold ``tf run`` of
+``ball.mp4`` (all 24 frames, 50 editing steps) at the model's default inversion steps against the
+same run with 500.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--clips", default=",".join(CAPTIONS))
     parser.add_argument("--tolerance", type=float, default=0.5)
+    parser.add_argument("--wall", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
@@ -66,6 +69,32 @@ def main() -> None:
             best = means[max(counts)]
             enough = min(c for c in counts if means[c] >= best - args.tolerance)
             print(f"| {clip} | " + " | ".join(cells) + f" | {vae:.2f} | {enough} |", flush=True)
+
+    if args.wall:
+        wall(model)
+
+
+def wall(model) -> None:
+    """Cold `tf run` of ball.mp4 at the default inversion steps and at 500, same editing."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from measure import tf_run
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    default = model.defaults.get("inversion.inversion_steps", 500)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="tf-invwall-") as tmp:
+        for label, extra in ((f"default ({default})", []), ("500", ["--inversion-steps", "500"])):
+            run = tf_run([str(ROOT / "examples" / "clips" / "ball.mp4"), "--inversion-prompt",
+                          CAPTIONS["ball"], "--prompt", "a blue ball on a checkered floor",
+                          "--cache-dir", str(Path(tmp) / label.split()[0]), "--out",
+                          str(Path(tmp) / f"out-{label.split()[0]}"), "-q", *extra], env)
+            rows.append((label, run["seconds"]))
+    print("\n| inversion steps | cold tf run, ball.mp4 (24 frames, 50 editing steps) s |")
+    print("|---|---|")
+    for label, seconds in rows:
+        print(f"| {label} | {seconds:.1f} |")
+    print(f"\nratio default / 500: {rows[0][1] / rows[1][1]:.2f}")
 
 
 if __name__ == "__main__":

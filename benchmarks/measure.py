@@ -17,10 +17,13 @@ MEASURE = (
 )
 
 
-def tf_run(args: list[str], env: dict) -> dict:
-    """One `tf run` in its own process: wall time (s) and the process's peak RSS (MB)."""
+def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
+    """One `tf run` in its own process: wall time (s) and the process's peak RSS (MB).
+    ``python``: the interpreter whose tokenflow runs (another checkout's venv, to compare
+    commits in one benchmark run); default this one."""
+    python = python or sys.executable
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", MEASURE, sys.executable, "-m", "tokenflow.cli",
+    out = subprocess.run([python, "-c", MEASURE, python, "-m", "tokenflow.cli",
                           "run", *args], env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     info = json.loads(out.stdout.strip().splitlines()[-1])

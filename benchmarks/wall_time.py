@@ -1,7 +1,8 @@
 """Wall time, memory and UNet work of a cold `tf run` on the setting of issue 11 ("the same work as
 the released code"): a random-weight SD-2.1-base-shaped model and a synthetic 128x192 clip.
 
-    python benchmarks/wall_time.py [--runs a,b] [--frames-out DIR] [--against DIR] [-- EXTRA tf run ARGS]
+    python benchmarks/wall_time.py [--runs a,b] [--versions NAME=PYTHON,...] [--frames-out DIR]
+                                   [--against DIR] [-- EXTRA tf run ARGS]
 
 Runs (each a cold `tf run` in its own process, one torch thread, OMP_WAIT_POLICY=PASSIVE):
 
@@ -13,7 +14,10 @@ The model: UNet ``block_out_channels (32, 64, 128, 128)``, ``layers_per_block 2`
 ``(16, 32, 64, 64)``; CLIP text encoder hidden 64, 2 layers; seed 0 (``tokenflow.testing.tiny``).
 Batch size 8, guidance 7.5, seed 1. ``--frames-out DIR`` keeps each run's frames
 (``DIR/<run>.npz``); ``--against DIR`` reports the PSNR of this run's frames against those (an
-earlier commit's), and whether the keyframe draws are identical. Prints one Markdown table.
+earlier commit's), and whether the keyframe draws are identical. ``--versions
+before=/path/to/other/checkout/.venv/bin/python,after=.venv/bin/python`` runs each setting with
+each interpreter's tokenflow, interleaved (the machine's load affects both alike), and compares
+every version's frames with the first's. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import zarr
 from measure import dir_size, tf_run  # benchmarks/measure.py (the script directory is on sys.path)
 
 RUNS = {"a": (32, 50, 169.0), "b": (16, 500, 345.0)}  # frames, inversion steps, released code s
@@ -58,13 +63,17 @@ def main() -> None:
     parser.add_argument("--runs", default="a,b")
     parser.add_argument("--frames-out", type=Path, default=None)
     parser.add_argument("--against", type=Path, default=None)
+    parser.add_argument("--versions", default=None,
+                        help="NAME=PYTHON,...: compare checkouts in one run (interleaved)")
     parser.add_argument("extra", nargs="*", help="more tf run arguments (after --)")
     args = parser.parse_args()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
-    header = ["run", "wall s", "released s", "ratio", "peak RSS MB",
+    versions = [tuple(v.split("=", 1)) for v in args.versions.split(",")] if args.versions \
+        else [("this", sys.executable)]
+    header = ["run", "version", "wall s", "released s", "ratio", "peak RSS MB",
               *[f"{k} s" for k in KINDS], "UNet frame-evals (inv / feat / loop)",
-              "ms per frame-eval (inv / feat / loop)", "cache MiB", "PSNR vs --against",
+              "ms per frame-eval (inv / feat / loop)", "cache MiB", "PSNR vs first version (or --against)",
               "keyframes equal"]
     print(f"cold tf run, random SD-2.1-base-shaped model, 128x192, batch 8, guidance 7.5, seed 1, "
           f"1 torch thread, {os.cpu_count()} cores; extra args: {' '.join(args.extra) or 'none'}\n")
@@ -75,36 +84,43 @@ def main() -> None:
         for name in args.runs.split(","):
             n, inv_steps, released = RUNS[name]
             model, clip = build(tmp, n)
-            out, cache = tmp / f"out-{name}", tmp / f"cache-{name}"
-            result = tf_run([str(clip), "--model", str(model), "--prompt", "a photo of a cat",
-                             "--size", "192x128", "--steps", "50", "--inversion-steps",
-                             str(inv_steps), "--batch-size", "8", "--guidance", "7.5", "--seed", "1",
-                             "--cache-dir", str(cache), "--out", str(out), "-q", *args.extra], env)
-            doc = json.loads((out / "run.json").read_text())
-            seconds = [doc["cache"][k]["seconds"] for k in KINDS]
-            stats = doc["cache"]["blender"]["stats"]
-            evals = (n * inv_steps, n * 50, stats["unet_frame_evals"])
-            per = [s * 1000 / e for s, e in zip((seconds[0], seconds[1], seconds[4]), evals)]
-            import zarr
-
-            frames = np.asarray(zarr.open_group(doc["cache"]["blender"]["path"], mode="r")
-                                ["frames"][...])
-            keyframes = np.asarray(zarr.open_group(doc["cache"]["keyframes"]["path"], mode="r")
-                                   ["keyframes"][...])
-            if args.frames_out:
-                args.frames_out.mkdir(parents=True, exist_ok=True)
-                np.savez_compressed(args.frames_out / f"{name}.npz", frames=frames,
-                                    keyframes=keyframes)
-            versus, same_kf = "", ""
-            if args.against and (args.against / f"{name}.npz").exists():
-                old = np.load(args.against / f"{name}.npz")
-                versus = f"{psnr(frames, old['frames']):.1f}"
-                same_kf = "yes" if np.array_equal(keyframes, old["keyframes"]) else "NO"
-            print(f"| {name}: {n} frames, {inv_steps}/50 | {result['seconds']:.1f} | {released:.0f} | "
-                  f"{result['seconds'] / released:.2f} | {result['peak_rss_mb']:.0f} | "
-                  + " | ".join(f"{s:.1f}" for s in seconds)
-                  + f" | {' / '.join(str(e) for e in evals)} | {' / '.join(f'{p:.1f}' for p in per)}"
-                  f" | {dir_size(cache) / 2**20:.1f} | {versus} | {same_kf} |", flush=True)
+            first: dict = {}
+            for version, python in versions:
+                out, cache = tmp / f"out-{name}-{version}", tmp / f"cache-{name}-{version}"
+                result = tf_run([str(clip), "--model", str(model), "--prompt", "a photo of a cat",
+                                 "--size", "192x128", "--steps", "50", "--inversion-steps",
+                                 str(inv_steps), "--batch-size", "8", "--guidance", "7.5",
+                                 "--seed", "1", "--cache-dir", str(cache), "--out", str(out), "-q",
+                                 *args.extra], env, python=python)
+                doc = json.loads((out / "run.json").read_text())
+                seconds = [doc["cache"][k]["seconds"] for k in KINDS]
+                stats = doc["cache"]["blender"]["stats"]
+                evals = (n * inv_steps, n * 50, stats["unet_frame_evals"])
+                per = [s * 1000 / e for s, e in zip((seconds[0], seconds[1], seconds[4]), evals)]
+                frames = np.asarray(zarr.open_group(doc["cache"]["blender"]["path"], mode="r")
+                                    ["frames"][...])
+                keyframes = np.asarray(zarr.open_group(doc["cache"]["keyframes"]["path"],
+                                                       mode="r")["keyframes"][...])
+                if args.frames_out:
+                    args.frames_out.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(args.frames_out / f"{name}-{version}.npz", frames=frames,
+                                        keyframes=keyframes)
+                old = None
+                if first:
+                    old = first
+                elif args.against and (args.against / f"{name}.npz").exists():
+                    old = np.load(args.against / f"{name}.npz")
+                versus = f"{psnr(frames, old['frames']):.1f}" if old is not None else ""
+                same_kf = ("yes" if np.array_equal(keyframes, old["keyframes"]) else "NO") \
+                    if old is not None else ""
+                first = first or {"frames": frames, "keyframes": keyframes}
+                print(f"| {name}: {n} frames, {inv_steps}/50 | {version} | "
+                      f"{result['seconds']:.1f} | {released:.0f} | "
+                      f"{result['seconds'] / released:.2f} | {result['peak_rss_mb']:.0f} | "
+                      + " | ".join(f"{s:.1f}" for s in seconds)
+                      + f" | {' / '.join(str(e) for e in evals)} | "
+                      f"{' / '.join(f'{p:.1f}' for p in per)} | {dir_size(cache) / 2**20:.1f} | "
+                      f"{versus} | {same_kf} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_load_none_gives_the_embedded_model() -> None:
     m = load_model(None, device="cpu")
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
-    assert m.defaults.get("inversion.inversion_steps") == 50
+    assert m.defaults.get("inversion.inversion_steps") == 100
     from tokenflow.embedded.train import EMBEDDED_DEFAULTS
 
     assert m.defaults == EMBEDDED_DEFAULTS  # the shipped suggestions are the recipe's

@@ -73,7 +73,7 @@ def test_unet_training_and_export_give_a_loadable_model(tmp_path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before)
     out = export(tmp_path, tmp_path / "export")
     model = load_model(out, device="cpu", dtype=torch.float32)
-    assert model.defaults["inversion.inversion_steps"] == 50
+    assert model.defaults["inversion.inversion_steps"] == 100
     assert model.native_size == 64 and model.tokenizer.model_max_length == 32
     assert model.encode_prompts(["a red ball on sand"]).shape == (1, 32, 64)
     assert model.scaling_factor == json.loads((tmp_path / "unet_state.json").read_text())["scaling_factor"]

@@ -20,7 +20,6 @@ one-line message; ``usage`` tells a bad request from a failed run.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,13 @@ from typing import Any
 import numpy as np
 
 from tokenflow.oneline import first_line
+from tokenflow.preflight import (
+    EditError,
+    auto_unet_batch,
+    check_memory,
+    human_bytes,  # noqa: F401  (re-exported: the CLI's size formatting)
+    preflight,
+)
 from tokenflow.params import ParamError
 from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageError
 
@@ -37,33 +43,9 @@ from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageE
 CACHE_ENV = "TOKENFLOW_CACHE_DIR"
 #: Environment variable: at most one checkpoint of a long stage per that many seconds.
 CHECKPOINT_ENV = "TOKENFLOW_CHECKPOINT_SECONDS"
-#: Above this estimate a run mentions the option that keeps the feature store small.
-LARGE_CACHE = 8 * 2**30
-#: What shrinks the cache, said when it does not fit or is large.
-SHRINK_HINT = ("-o features.store_tokens false keeps the feature store small (tokens are then "
-               "recomputed when read; see docs/cache.md)")
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
-
-
-class EditError(Exception):
-    """An edit could not be planned or run; the message is one line for the user. ``usage`` is
-    True when the request itself is wrong (a size, a stage, a parameter), False when running it
-    failed. The original exception, if any, is the ``__cause__``."""
-
-    def __init__(self, message: str, *, usage: bool = False) -> None:
-        super().__init__(message)
-        self.usage = usage
-
-
-def human_bytes(n: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def cache_root(value: str | os.PathLike | None) -> Path:
@@ -90,41 +72,6 @@ class Source:
     model: Any
     clip: Any
     frames: np.ndarray
-
-
-def _total_memory(device) -> tuple[int, str]:
-    """Bytes of memory the run's device has, and what to call it."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory, f"the GPU {device}"
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine"
-    except (AttributeError, OSError, ValueError):  # not a POSIX system: no check
-        return 0, "this machine"
-
-
-def check_memory(model, n: int, height: int, width: int, size) -> None:
-    """Refuse a working size whose frames cannot fit in memory.
-
-    A lower bound, never an overestimate: the resized frames (uint8), and one frame through the
-    VAE's first block (its input and output, ``block_out_channels[0]`` channels at full size).
-    """
-    import torch
-
-    frames = n * height * width * 3
-    vae = 2 * model.vae.config.block_out_channels[0] * height * width
-    vae *= torch.finfo(model.dtype).bits // 8
-    need = frames + vae
-    have, where = _total_memory(model.device)
-    if have and need > have:
-        given = f"--size {size}" if size else f"the video's size (native {model.native_size})"
-        raise EditError(
-            f"{given} makes {n} frames of {width}x{height}, which need at least "
-            f"{human_bytes(need)} of memory ({human_bytes(frames)} for the frames, "
-            f"{human_bytes(vae)} for the VAE on one frame) and {where} has {human_bytes(have)}; "
-            f"use a smaller --size (the model's native size is {model.native_size}) or fewer "
-            "--frames")
 
 
 def quiet_libraries() -> None:
@@ -210,30 +157,6 @@ def stage_choices(stages: Mapping[str, str] | None, editor: str | None) -> dict[
     return choices
 
 
-#: The most frames per UNet call that ``unet_batch="auto"`` picks off CUDA (measured on 2 CPU
-#: cores: 8 -> 32 frames a call is 17 % cheaper per frame; beyond, no gain but more memory).
-CPU_UNET_BATCH = 32
-
-
-def auto_unet_batch(model, n_frames: int, batch_size: int, latent_hw: tuple[int, int]) -> int:
-    """Frames per UNet call when the user gives none: whole chunks of ``batch_size``, as many as
-    the device holds. On CUDA, the free memory over an upper bound of one frame's activations
-    (``64 * latent_h * latent_w * sum(block_out_channels)`` values of the model's dtype, which
-    covers SD's UNet with its attention maps at every level); elsewhere :data:`CPU_UNET_BATCH`.
-    Never below one chunk, never above the video."""
-    if model.device.type == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(model.device)
-        per_frame = (64 * latent_hw[0] * latent_hw[1] * sum(model.unet.config.block_out_channels)
-                     * torch.finfo(model.dtype).bits // 8)
-        frames = int(0.5 * free // max(1, per_frame))
-    else:
-        frames = CPU_UNET_BATCH
-    frames = min(max(frames, batch_size), max(n_frames, batch_size))
-    return max(batch_size, frames // batch_size * batch_size)
-
-
 def runtime_options(unet_batch: int) -> dict[str, Any]:
     """Knobs that do not change outputs: UNet batch (frames per UNet call), and how often long
     stages checkpoint (env TOKENFLOW_CHECKPOINT_SECONDS: at most one checkpoint per that many
@@ -312,40 +235,6 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
 
 
 # --------------------------------------------------------------------------------- running
-
-
-def _free_bytes(path: Path) -> int:
-    path = path.resolve()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return shutil.disk_usage(path).free
-
-
-def preflight(job, log: Log | None = None) -> None:
-    """Before any work: every store to write must be writable, and the cache must have room."""
-    root = job.base.cache.root
-    pending = job.pending()
-    for kind in pending:
-        folder = root / kind
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise EditError(f"the cache directory {folder} is not writable "
-                            f"({exc.strerror or exc}); pass another --cache-dir") from None
-    if not pending:
-        _say(log, f"cache {root}: every stage is cached")
-        return
-    need = job.estimate_bytes()
-    _say(log, f"cache {root}: computing {', '.join(pending)}; about {human_bytes(need)} to write")
-    free = _free_bytes(root)
-    if need > free:
-        raise EditError(f"the cache needs about {human_bytes(need)} but only "
-                        f"{human_bytes(free)} is free at {root}; {SHRINK_HINT}")
-    if need > LARGE_CACHE and FEATURES in pending:
-        _say(log, f"note: {SHRINK_HINT}")
 
 
 def run_job(job, log: Log | None = None) -> dict:

@@ -80,6 +80,14 @@ def read_timesteps(group: zarr.Group) -> list[int]:
     return [int(t) for t in group[TIMESTEP][...]]
 
 
+def _array(opened: dict, store: zarr.Group, group: str, name: str) -> zarr.Array:
+    """``store[group][name]``, opened once per reader (opening reads its metadata from disk)."""
+    key = (group, name)
+    if key not in opened:
+        opened[key] = store[group][name]
+    return opened[key]
+
+
 class FeatureReader:
     """Reads source-branch tokens and conv residuals from a features store.
 
@@ -97,6 +105,7 @@ class FeatureReader:
         self.n_frames = int(store.attrs["n_frames"])
         self._layer_index: dict[str, int] = {}
         self._conv_index: dict[str, int] = {}
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
         for name in {self.groups[layer] for layer in self.layers}:
             for i, layer in enumerate(store[name][LAYER][...]):
                 self._layer_index[str(layer)] = i
@@ -117,7 +126,7 @@ class FeatureReader:
             if self.source is None:
                 raise ValueError("this feature store keeps no tokens and no source pass was given")
             return self.source.run(step, frames, conv=False)[0][layer].to(torch.float32)
-        arr = self.store[self.groups[layer]]["tokens"]
+        arr = _array(self._arrays, self.store, self.groups[layer], "tokens")
         data = arr.get_orthogonal_selection(
             (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
         )
@@ -128,7 +137,7 @@ class FeatureReader:
 
     def conv(self, step: int, path: str, frames: Sequence[int]) -> torch.Tensor:
         """(F, C, h, w) float32 residual of ResNet ``path`` at step ``step`` for ``frames``."""
-        arr = self.store[self.groups[path]]["conv"]
+        arr = _array(self._arrays, self.store, self.groups[path], "conv")
         data = arr.get_orthogonal_selection(
             (step, np.asarray(frames, dtype=np.int64), self._conv_index[path])
         )
@@ -142,6 +151,7 @@ class CorrespondenceReader:
         self.store = store
         self.groups: dict[str, str] = dict(store.attrs["groups"])
         self.reference = np.asarray(store["reference"][...])
+        self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._layer_index: dict[str, int] = {}
         for name in set(self.groups.values()):
             for i, layer in enumerate(store[name][LAYER][...]):
@@ -153,7 +163,7 @@ class CorrespondenceReader:
 
     def index(self, step: int, layer: str, frames: Sequence[int]) -> torch.Tensor:
         """(F, 2, S) int64 token indices into the two reference keyframes."""
-        arr = self.store[self.groups[layer]]["index"]
+        arr = _array(self._arrays, self.store, self.groups[layer], "index")
         data = arr.get_orthogonal_selection(
             (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
         )
