@@ -201,17 +201,19 @@ class KeyframeEditor(StageBase):
     def initial_latents(self, run: EditRun) -> torch.Tensor:
         return start_latents(run, run.timesteps[self.first_step(run)])
 
-    def injections(self, step: EditStep, frames: list[int]) -> tuple[dict, dict]:
+    def injections(self, step: EditStep, frames: list[int], *,
+                   qk: bool = True) -> tuple[dict, dict]:
         """The source queries/keys (``inject``) and conv residuals (``conv``) for ``frames`` at
-        this step, as ``EditRun.call_unet`` takes them."""
+        this step, as ``EditRun.call_unet`` takes them; ``qk=False`` skips reading the former
+        (propagation calls inject no queries or keys)."""
         run, i = step.run, step.index
         inject: Injection = run.editor_state["injection"]
-        qk = {}
-        if i < inject.qk_steps:
-            qk = {layer: run.features.tokens(i, layer, frames)
-                  for layer in run.editor_state["qk_layers"]}
+        tokens = {}
+        if qk and i < inject.qk_steps:
+            tokens = {layer: run.features.tokens(i, layer, frames)
+                      for layer in run.editor_state["qk_layers"]}
         conv = run.conv_inputs(i, frames, inject.conv_layers) if i < inject.conv_steps else {}
-        return qk, conv
+        return tokens, conv
 
     def edit_step(self, step: EditStep) -> EditorOutput:
         if not self.propagates:
@@ -230,7 +232,7 @@ class KeyframeEditor(StageBase):
                 provide=None) -> torch.Tensor:
         """Guided model output for ``frames`` with conv injection and the given propagation."""
         run = step.run
-        _, conv = self.injections(step, frames)
+        _, conv = self.injections(step, frames, qk=False)
         out = run.call_unet(latents, step.timestep, run.editor_state["text"], n_branches=2,
                             conv=conv, provide=provide, extra=self.unet_extra(step, frames))
         return guided(out, self.params.guidance_scale)

@@ -1,5 +1,5 @@
-"""``tokenflow.BackgroundWriter``: writes in order, bounded, errors re-raised; and the editing
-loop's UNet groups (``EditRun.call_groups``)."""
+"""The I/O around the UNet: ``tokenflow.BackgroundWriter`` (writes in order, bounded, errors
+re-raised), the editing loop's UNet groups (``EditRun.call_groups``), and what the loop reads."""
 
 from __future__ import annotations
 
@@ -74,3 +74,30 @@ def test_call_groups_are_whole_chunks_up_to_the_unet_batch(n, batch, unet_batch,
                   x0=torch.zeros(n, 4, 2, 2), x_max=None, t_max=0)
     assert run.call_groups() == groups
     assert sum(run.call_groups(), []) == list(range(n))
+
+
+def test_propagation_calls_read_no_source_queries_or_keys(tf_plugin_manager, tf_tiny_model,
+                                                          tmp_path, monkeypatch) -> None:
+    """Only the keyframe call injects queries and keys, so only it reads the source tokens (with
+    ``store_tokens false`` each read is a source UNet pass): at most K frames per step, in the
+    first ``int(pnp_attn_t * steps)`` steps."""
+    from tokenflow import FeatureReader
+    from tokenflow.testing import make_job, synthetic_frames
+
+    reads: list[tuple[int, int]] = []
+    original = FeatureReader.tokens
+
+    def counting(self, step, layer, frames):
+        reads.append((step, len(list(frames))))
+        return original(self, step, layer, frames)
+
+    job = make_job(tf_plugin_manager, tf_tiny_model, synthetic_frames(6, 64, 64), cache=tmp_path,
+                   steps=4, batch_size=3, params={"inversion": {"inversion_steps": 4}},
+                   until="correspondence")
+    job.run()  # the upstream stores (the correspondence stage reads every frame's tokens)
+    monkeypatch.setattr(FeatureReader, "tokens", counting)
+    make_job(tf_plugin_manager, tf_tiny_model, synthetic_frames(6, 64, 64), cache=tmp_path,
+             steps=4, batch_size=3, params={"inversion": {"inversion_steps": 4}},
+             options=[("editor.pnp_attn_t", "0.5")]).run()
+    assert reads and {step for step, _ in reads} == {0, 1}  # int(0.5 * 4) steps
+    assert all(count == 2 for _, count in reads)  # the K = 2 keyframes, never a chunk
