@@ -35,6 +35,7 @@ from tokenflow.preflight import (
     check_memory,
     human_bytes,  # noqa: F401  (re-exported: the CLI's size formatting)
     preflight,
+    say,
 )
 from tokenflow.params import ParamError
 from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageError
@@ -55,11 +56,6 @@ def cache_root(value: str | os.PathLike | None) -> Path:
     if root.exists() and not root.is_dir():
         raise EditError(f"--cache-dir {root} is a file, not a directory")
     return root
-
-
-def _say(log: Log | None, text: str) -> None:
-    if log is not None:
-        log(text)
 
 
 # --------------------------------------------------------------------------------- preparing
@@ -112,7 +108,7 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
             loaded = load_model(model, device=device, dtype=torch_dtype, revision=revision)
         except ModelError as exc:
             raise EditError(str(exc)) from exc
-        _say(log, f"note: no --model given; using {loaded.label}" if model is None
+        say(log, f"note: no --model given; using {loaded.label}" if model is None
              else f"model: {loaded.label}")
     try:
         height, width = working_size(clip.frames.shape[1], clip.frames.shape[2], requested,
@@ -122,18 +118,18 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
     check_memory(loaded, len(clip), height, width, size)
     resized = resize_frames(clip.frames, height, width)
     for note in clip.notes:
-        _say(log, f"note: {note}")
+        say(log, f"note: {note}")
     if frames is not None and len(clip) < frames:
-        _say(log, f"note: --frames {frames} asked for more frames than the video has; "
+        say(log, f"note: --frames {frames} asked for more frames than the video has; "
                   f"using all {len(clip)}")
     if len(clip) == 1:
-        _say(log, "note: the video has 1 frame: nothing to propagate, so this is a plain edit "
+        say(log, "note: the video has 1 frame: nothing to propagate, so this is a plain edit "
                   "of one image")
     sides = [requested] if isinstance(requested, int) else list(requested or ())
     if any(side % 64 for side in sides):
-        _say(log, f"note: --size {size} rounded to multiples of 64: working size "
+        say(log, f"note: --size {size} rounded to multiples of 64: working size "
                   f"{width}x{height}")
-    _say(log, f"video: {len(clip)} frames at {clip.fps:g} fps, "
+    say(log, f"video: {len(clip)} frames at {clip.fps:g} fps, "
               f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
     return Source(model=loaded, clip=clip, frames=resized)
 
@@ -186,7 +182,7 @@ def plugins(pm=None, registry=None, *, log: Log | None = None):
         raise EditError(str(exc)) from exc
     if fresh:
         for message in pm.failures.values():
-            _say(log, f"warning: {message}; skipped")
+            say(log, f"warning: {message}; skipped")
     return pm, registry
 
 
@@ -329,7 +325,7 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
 
     def note(text: str) -> None:
         notes.append(text)
-        _say(log, text)
+        say(log, text)
 
     root = cache_root(cache_dir)
     pm, registry = plugins(pm, registry, log=note)

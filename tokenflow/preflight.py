@@ -35,7 +35,8 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _say(log, text: str) -> None:
+def say(log, text: str) -> None:
+    """Send a note line to ``log`` (a callable), if there is one."""
     if log is not None:
         log(text)
 
@@ -121,13 +122,13 @@ def preflight(job, log: Log | None = None) -> None:
             raise EditError(f"the cache directory {folder} is not writable "
                             f"({exc.strerror or exc}); pass another --cache-dir") from None
     if not pending:
-        _say(log, f"cache {root}: every stage is cached")
+        say(log, f"cache {root}: every stage is cached")
         return
     need = job.estimate_bytes()
-    _say(log, f"cache {root}: computing {', '.join(pending)}; about {human_bytes(need)} to write")
+    say(log, f"cache {root}: computing {', '.join(pending)}; about {human_bytes(need)} to write")
     free = _free_bytes(root)
     if need > free:
         raise EditError(f"the cache needs about {human_bytes(need)} but only "
                         f"{human_bytes(free)} is free at {root}; {SHRINK_HINT}")
     if need > LARGE_CACHE and FEATURES in pending:
-        _say(log, f"note: {SHRINK_HINT}")
+        say(log, f"note: {SHRINK_HINT}")
