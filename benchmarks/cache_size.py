@@ -38,7 +38,7 @@ class _MetaModel:
 
 
 def stage_sizes(unet_config: dict, frames: int, size: tuple[int, int], steps: int,
-                batch_size: int = 8, dtype: str = "float16", store_tokens: bool = True
+                batch_size: int = 8, dtype: str = "int8", store_tokens: bool = True
                 ) -> dict[str, int]:
     from diffusers import UNet2DConditionModel
 
@@ -73,15 +73,18 @@ def main() -> None:
     args = parser.parse_args()
     size = (args.size, args.size)
     print(f"{args.frames} frames at {args.size}x{args.size}, {args.steps} editing steps "
-          "(uncompressed bytes; Zarr's zstd saves a little on floats)\n")
+          "(bytes before compression: Zarr's zstd saves a little on floats; the int8 store's "
+          "delta coding more, see docs/cache.md)\n")
     header = "| model | storage | inversion | features | keyframes | correspondence | editor | blender | total |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
     for name, config in LAYOUTS.items():
-        for dtype, store in (("float16", True), ("float32", True), ("float16", False)):
+        for dtype, store in (("int8", True), ("float16", True), ("float32", True),
+                             ("int8", False)):
             sizes = stage_sizes(config, args.frames, size, args.steps, dtype=dtype,
                                 store_tokens=store)
-            label = dtype if store else f"{dtype}, store_tokens false"
+            label = (f"{dtype}{' (default)' if dtype == 'int8' else ''}" if store
+                     else "store_tokens false")
             cells = " | ".join(f"{v / 2**30:.2f} GiB" if v > 2**28 else f"{v / 2**20:.1f} MiB"
                                for v in sizes.values())
             print(f"| {name} | {label} | {cells} | {sum(sizes.values()) / 2**30:.1f} GiB |")

@@ -323,6 +323,8 @@ def test_usage_errors_are_one_line_through_main(monkeypatch: pytest.MonkeyPatch,
 
     for argv, needle in ((["tf", "run", "clip", "--nosuch"], "--nosuch"),
                          (["tf", "run", "clip", "--prompt", "x", "--steps", "many"], "'many'"),
+                         (["tf", "run", "clip", "--prompt", "x", "--cache-budget", "lots"],
+                          "'lots' is not a size"),
                          (["tf", "nosuch"], "nosuch")):
         monkeypatch.setattr(sys, "argv", argv)
         with pytest.raises(SystemExit) as info:

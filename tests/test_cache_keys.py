@@ -51,6 +51,9 @@ TABLE: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
                        {"features"}),
     "features.store_tokens": ({"options": [("features.store_tokens", "false")]},
                               FROM_FEATURES, {"features"}),
+    "features.levels": ({"options": [("features.levels", "32")]}, FROM_FEATURES, {"features"}),
+    "features.timestep_chunk": ({"options": [("features.timestep_chunk", "2")]}, FROM_FEATURES,
+                                {"features"}),
     "features.conv_t=pnp_f_t": ({"options": [("features.conv_t", "0.8")]}, NONE,
                                               NONE),
     # random
@@ -248,6 +251,10 @@ def _compare(a: dict, b: dict, exact: bool) -> None:
             where = f"{kind}/{name}"
             if x.dtype == np.uint8 and not exact:
                 continue  # decoded frames: see the callers
+            if x.dtype == np.int8 and not exact:  # quantised tokens: rounding moves a few a step
+                diff = np.abs(x.astype(int) - y.astype(int))
+                assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, where
+                continue
             if exact or x.dtype.kind not in "f":  # indices, keyframes, coordinates: exactly
                 np.testing.assert_array_equal(x, y, err_msg=where)
             else:

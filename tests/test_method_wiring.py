@@ -331,10 +331,15 @@ def test_conv_injection_in_up_blocks_1_resnets_1_during_the_first_steps_of_every
 
 
 def _store_tokens(store: zarr.Group, step: int, layer: str) -> np.ndarray:
-    """(N, S, C) float64 tokens of ``layer`` read straight from the feature store's arrays."""
+    """(N, S, C) float64 tokens of ``layer`` read straight from the feature store's arrays
+    (decoded here from int8 by the formula the store's ``encoding`` attribute gives)."""
     group = store[dict(store.attrs["groups"])[layer]]
     names = [str(x) for x in group["layer"][...]]
-    return np.asarray(group["tokens"][step, :, names.index(layer)], dtype=np.float64)
+    i = names.index(layer)
+    tokens = np.asarray(group["tokens"][step, :, i], dtype=np.float64)
+    if group["tokens"].dtype == np.int8:  # the default encoding: tokens * scale + offset
+        tokens = tokens * group["tokens_scale"][i] + group["tokens_offset"][i]
+    return tokens
 
 
 def test_correspondences_are_the_float64_cosine_argmax_to_the_chunk_references(

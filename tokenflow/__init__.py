@@ -43,6 +43,7 @@ _export("tokenflow.params", "Params", "ParamError")
 # stores: writing arrays with named dims, reading each kind's layout
 _export("tokenflow.cache.store", "create_array", "write_coord")
 _export("tokenflow.cache.writer", "BackgroundWriter")
+_export("tokenflow.cache.quantized", "Int8Grid")
 _export("tokenflow.cache.layouts", "FeatureReader", "CorrespondenceReader", "group_name",
         "layer_shapes", "token_grid", "read_timesteps")
 # the editing loop and its building blocks

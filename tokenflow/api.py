@@ -32,6 +32,7 @@ from tokenflow.oneline import first_line
 from tokenflow.preflight import (
     EditError,
     auto_unet_batch,
+    parse_bytes,
     check_memory,
     human_bytes,  # noqa: F401  (re-exported: the CLI's size formatting)
     preflight,
@@ -153,11 +154,17 @@ def stage_choices(stages: Mapping[str, str] | None, editor: str | None) -> dict[
     return choices
 
 
-def runtime_options(unet_batch: int) -> dict[str, Any]:
-    """Knobs that do not change outputs: UNet batch (frames per UNet call), and how often long
-    stages checkpoint (env TOKENFLOW_CHECKPOINT_SECONDS: at most one checkpoint per that many
-    seconds; default 0, every inversion step: a crash loses at most one step)."""
+def runtime_options(unet_batch: int, cache_budget=None) -> dict[str, Any]:
+    """Knobs that do not change outputs: UNet batch (frames per UNet call), the cache budget
+    (bytes, or a size such as ``"16G"``: above it a run says what shrinks the cache), and how
+    often long stages checkpoint (env TOKENFLOW_CHECKPOINT_SECONDS: at most one checkpoint per
+    that many seconds; default 0, every inversion step: a crash loses at most one step)."""
     knobs: dict[str, Any] = {"unet_batch": unet_batch}
+    if cache_budget is not None:
+        try:
+            knobs["cache_budget"] = parse_bytes(cache_budget)
+        except ValueError as exc:
+            raise EditError(f"--cache-budget: {exc}", usage=True) from None
     every = os.environ.get(CHECKPOINT_ENV)
     if every:
         try:
@@ -192,7 +199,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
               guidance: float | None = None, seed: int | None = 1, steps: int = 50,
               inversion_steps: int | None = None, batch_size: int = 8, until: str = BLENDER,
               cache_dir=None, pm=None, registry=None, unet_batch: int | None = None,
-              quiet: bool = True, progress: Progress | None = None):
+              cache_budget=None, quiet: bool = True, progress: Progress | None = None):
     """Plan an edit of ``source`` and hash its keys: a :class:`tokenflow.run.Job` (nothing is
     computed). Parameters come from the model's suggested defaults, then the dedicated
     arguments, then ``options`` (``-o KEY VALUE`` pairs); ``stages`` picks other installed
@@ -216,7 +223,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
                         runtime=runtime_options(unet_batch or auto_unet_batch(
                             source.model, len(source.frames), batch_size,
                             tuple(s // source.model.vae_scale_factor
-                                  for s in source.frames.shape[1:3]))))
+                                  for s in source.frames.shape[1:3])), cache_budget))
     except EditError:
         raise
     except (ParamError, StageError) as exc:
@@ -299,8 +306,8 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
          negative_prompt: str | None = None, guidance: float | None = None, seed: int = 1,
          steps: int = 50, inversion_steps: int | None = None, batch_size: int = 8,
          frames: int | None = None, stride: int = 1, size=None, device=None, dtype=None,
-         revision: str | None = None, unet_batch: int | None = None, pm=None, registry=None,
-         progress: Progress | None = None, log: Log | None = None,
+         revision: str | None = None, unet_batch: int | None = None, cache_budget=None,
+         pm=None, registry=None, progress: Progress | None = None, log: Log | None = None,
          quiet: bool = True) -> EditResult:
     """Edit ``video`` to follow ``prompt`` with TokenFlow, as ``tf run`` does.
 
@@ -309,7 +316,8 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
     None (the embedded model), a diffusers directory or hub id, or a loaded
     :class:`tokenflow.models.Model`; ``editor``: an installed editor (default ``pnp``);
     ``options``: stage parameters as ``{"KEY": value}`` or ``[(KEY, value)]`` (``-o``);
-    ``stages``: ``{kind: name}``. ``out``: write the output folder there (``edited.mp4``,
+    ``stages``: ``{kind: name}``; ``cache_budget``: bytes or a size (``"16G"``) above which
+    the run says what shrinks the cache. ``out``: write the output folder there (``edited.mp4``,
     ``frames/``, ``run.json``, ...); an existing folder holding another run is refused unless
     ``overwrite``. ``progress(description, done, total)`` is called as long stages advance;
     ``log(line)`` receives notes; ``quiet=False`` shows tqdm bars on stderr. Raises
@@ -341,7 +349,8 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
                     inversion_prompt=inversion_prompt, negative_prompt=negative_prompt,
                     guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
                     batch_size=batch_size, cache_dir=root, pm=pm, registry=registry,
-                    unet_batch=unet_batch, quiet=quiet, progress=progress)
+                    unet_batch=unet_batch, cache_budget=cache_budget, quiet=quiet,
+                    progress=progress)
     out = Path(out) if out is not None else None
     try:
         if out is not None:
@@ -381,7 +390,7 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
            inversion_prompt: str | None = None, steps: int = 50,
            inversion_steps: int | None = None, batch_size: int = 8, frames: int | None = None,
            stride: int = 1, size=None, device=None, dtype=None, revision: str | None = None,
-           unet_batch: int | None = None, pm=None, registry=None,
+           unet_batch: int | None = None, cache_budget=None, pm=None, registry=None,
            progress: Progress | None = None, log: Log | None = None,
            quiet: bool = True) -> InvertResult:
     """Run inversion and the feature store only (as ``tf invert``); with ``check``, regenerate
@@ -393,8 +402,8 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
     job = plan_edit(source, stages=stages, options=list(options), seed=None,
                     inversion_prompt=inversion_prompt, steps=steps,
                     inversion_steps=inversion_steps, batch_size=batch_size, until=FEATURES,
-                    cache_dir=root, pm=pm, registry=registry, unet_batch=unet_batch, quiet=quiet,
-                    progress=progress)
+                    cache_dir=root, pm=pm, registry=registry, unet_batch=unet_batch,
+                    cache_budget=cache_budget, quiet=quiet, progress=progress)
     results = run_job(job, log)
     result = InvertResult(job=job, results=results, source=source)
     if check:

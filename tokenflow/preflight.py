@@ -7,13 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
-from tokenflow.stages import FEATURES
 
-#: Above this estimate a run mentions the option that keeps the feature store small.
-LARGE_CACHE = 8 * 2**30
-#: What shrinks the cache, said when it does not fit or is large.
-SHRINK_HINT = ("-o features.store_tokens false keeps the feature store small (tokens are then "
-               "recomputed when read; see docs/cache.md)")
+#: ``--cache-budget`` default: above this estimate a run says what it will write and what
+#: shrinks it.
+DEFAULT_CACHE_BUDGET = 16 * 2**30
+#: What shrinks the cache, said when it does not fit or is over the budget.
+SHRINK_HINT = ("-o features.store_tokens false keeps no tokens (recomputed when read), "
+               "-o features.levels 8 stores them coarser, fewer --frames or --steps store less "
+               "(see docs/cache.md)")
 
 
 class EditError(Exception):
@@ -33,6 +34,17 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TB"
+
+
+def parse_bytes(text: str) -> int:
+    """``"16G"``, ``"500MB"``, ``"2.5 GiB"`` or a number of bytes (binary units)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (e.g. 16G, 500MB)")
+    power = " kmgt".index(m.group(2).lower() or " ")
+    return int(float(m.group(1)) * 1024 ** power)
 
 
 def say(log, text: str) -> None:
@@ -130,5 +142,7 @@ def preflight(job, log: Log | None = None) -> None:
     if need > free:
         raise EditError(f"the cache needs about {human_bytes(need)} but only "
                         f"{human_bytes(free)} is free at {root}; {SHRINK_HINT}")
-    if need > LARGE_CACHE and FEATURES in pending:
-        say(log, f"note: {SHRINK_HINT}")
+    budget = int(job.base.options.get("cache_budget", DEFAULT_CACHE_BUDGET))
+    if need > budget:
+        say(log, f"note: this run writes up to {human_bytes(need)} to the cache, over the "
+                 f"--cache-budget of {human_bytes(budget)}; {SHRINK_HINT}")

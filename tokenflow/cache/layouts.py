@@ -7,8 +7,11 @@ A replacement stage must write the layout of its kind so that downstream stages 
   latent_channel, latent_y, latent_x); attrs ``t_max``, ``prompt``.
 * **features**: attr ``layers`` (every self-attention layer path) and ``groups`` ({layer or conv
   path: group}); one group per resolution ``<h>x<w>x<channels>`` holding ``tokens`` (timestep,
-  frame, layer, token, channel) and, where conv residuals of that shape are kept, ``conv``
-  (conv_timestep, frame, conv_layer, channel, y, x) for the first ``len(conv_timestep)`` steps.
+  frame, layer, token, channel; float, or int8 with ``tokens_scale`` and ``tokens_offset``
+  (layer, channel) beside it: see ``tokenflow.cache.quantized``) and, where conv residuals of that shape are kept, ``conv``
+  (conv_timestep, frame, conv_layer, channel, y, x; int8 with ``conv_scale`` and
+  ``conv_offset`` (conv_layer, channel) when the tokens are) for the first
+  ``len(conv_timestep)`` steps.
 * **keyframes**: ``keyframes`` (timestep, chunk): frame index of each chunk's keyframe.
 * **correspondence**: ``reference`` (timestep, frame, ref): the two keyframes each frame reads
   from (equal when it reads from one); per resolution group ``index`` (timestep, frame, layer,
@@ -18,12 +21,14 @@ A replacement stage must write the layout of its kind so that downstream stages 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import zarr
 
+from tokenflow.cache.quantized import dequantize, quiet_numcodecs
 from tokenflow.stages import LAYER, TIMESTEP, TOKEN
 
 
@@ -84,7 +89,9 @@ def _array(opened: dict, store: zarr.Group, group: str, name: str) -> zarr.Array
     """``store[group][name]``, opened once per reader (opening reads its metadata from disk)."""
     key = (group, name)
     if key not in opened:
-        opened[key] = store[group][name]
+        with warnings.catch_warnings():
+            quiet_numcodecs()
+            opened[key] = store[group][name]
     return opened[key]
 
 
@@ -106,6 +113,7 @@ class FeatureReader:
         self._layer_index: dict[str, int] = {}
         self._conv_index: dict[str, int] = {}
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._grids: dict[tuple[str, str], tuple[np.ndarray, ...]] = {}
         for name in {self.groups[layer] for layer in self.layers}:
             for i, layer in enumerate(store[name][LAYER][...]):
                 self._layer_index[str(layer)] = i
@@ -126,10 +134,21 @@ class FeatureReader:
             if self.source is None:
                 raise ValueError("this feature store keeps no tokens and no source pass was given")
             return self.source.run(step, frames, conv=False)[0][layer].to(torch.float32)
-        arr = _array(self._arrays, self.store, self.groups[layer], "tokens")
-        data = arr.get_orthogonal_selection(
-            (step, np.asarray(frames, dtype=np.int64), self._layer_index[layer])
-        )
+        return self._read(layer, "tokens", step, frames, self._layer_index[layer], -1)
+
+    def _read(self, member: str, name: str, step: int, frames: Sequence[int], index: int,
+              channel_axis: int) -> torch.Tensor:
+        group = self.groups[member]
+        arr = _array(self._arrays, self.store, group, name)
+        data = arr.get_orthogonal_selection((step, np.asarray(frames, dtype=np.int64), index))
+        if data.dtype == np.int8:  # NAME * NAME_scale + NAME_offset (tokenflow.cache.quantized)
+            key = (group, name)
+            if key not in self._grids:
+                self._grids[key] = tuple(
+                    np.asarray(_array(self._arrays, self.store, group, f"{name}_{part}")[...])
+                    for part in ("scale", "offset"))
+            scale, offset = self._grids[key]
+            return dequantize(data, scale[index], offset[index], channel_axis)
         return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
     def has_conv(self, step: int, path: str) -> bool:
@@ -137,11 +156,7 @@ class FeatureReader:
 
     def conv(self, step: int, path: str, frames: Sequence[int]) -> torch.Tensor:
         """(F, C, h, w) float32 residual of ResNet ``path`` at step ``step`` for ``frames``."""
-        arr = _array(self._arrays, self.store, self.groups[path], "conv")
-        data = arr.get_orthogonal_selection(
-            (step, np.asarray(frames, dtype=np.int64), self._conv_index[path])
-        )
-        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+        return self._read(path, "conv", step, frames, self._conv_index[path], 1)
 
 
 class CorrespondenceReader:

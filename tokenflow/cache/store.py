@@ -59,8 +59,11 @@ def create_array(
     dtype: Any = None,
     data: np.ndarray | None = None,
     chunks: Sequence[int] | None = None,
+    filters: Sequence[Any] | None = None,
+    compressors: Sequence[Any] | None = None,
 ) -> zarr.Array:
-    """An array with ``dimension_names`` (what xarray reads as dims); data written if given."""
+    """An array with ``dimension_names`` (what xarray reads as dims); data written if given.
+    ``filters``/``compressors``: zarr codecs (default: zarr's, zstd)."""
     if data is not None:
         data = np.asarray(data)
         shape, dtype = data.shape, data.dtype
@@ -76,8 +79,10 @@ def create_array(
                 old[...] = data
             return old
         del group[name]
+    codecs = {k: list(v) for k, v in (("filters", filters), ("compressors", compressors))
+              if v is not None}
     arr = group.create_array(
-        name, shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(dims)
+        name, shape=tuple(shape), dtype=dtype, chunks=chunks, dimension_names=list(dims), **codecs
     )
     if data is not None:
         arr[...] = data

@@ -54,6 +54,18 @@ def manager_and_registry(*, warn: bool = True):
         raise fail(exc) from None
 
 
+def _size_option(ctx, param, value):
+    """A size such as 16G, checked before anything loads."""
+    if value is None:
+        return None
+    from tokenflow.preflight import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def common_input_options(f):
     options = [
         click.option("--model", "model", default=None, metavar="M",
@@ -80,6 +92,9 @@ def common_input_options(f):
                      help="Frames per UNet call (memory and speed only, not the result; "
                           "default: as many whole chunks as the device holds)."),
         click.option("--cache-dir", default=None, help=f"Stage cache (env {CACHE_ENV}, default ./cache)."),
+        click.option("--cache-budget", default=None, callback=_size_option, metavar="SIZE",
+                     help="Say what shrinks the cache when a run would write more than SIZE "
+                          "(e.g. 16G; default 16G)."),
         click.option("-o", "options", multiple=True, nargs=2, metavar="KEY VALUE",
                      help="Set a stage parameter: KIND.PARAM, NAME.PARAM or PARAM."),
         click.option("--stage", "stage_choices", multiple=True, metavar="KIND=NAME",

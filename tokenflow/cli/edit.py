@@ -35,7 +35,7 @@ from tokenflow.cli.evaluate import require_plotting, scorer_instances
 @common_input_options
 def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwrite, model,
         revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size, n_frames,
-        stride, size, unet_batch, cache_dir, options, stage_choices, quiet):
+        stride, size, unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
     """Edit VIDEO to follow --prompt with TokenFlow (inversion, keyframe edit, propagation)."""
     from tokenflow.outputs import output_dir_for
 
@@ -50,7 +50,8 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
             inversion_prompt=inversion_prompt, negative_prompt=negative_prompt,
             guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
             batch_size=batch_size, frames=n_frames, stride=stride, size=size, pm=pm,
-            registry=registry, unet_batch=unet_batch, log=logger(quiet), quiet=quiet)
+            registry=registry, unet_batch=unet_batch, cache_budget=cache_budget,
+            log=logger(quiet), quiet=quiet)
     except EditError as exc:
         raise fail(exc) from None
     stats = result.results["blender"].stats
@@ -68,8 +69,8 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @common_input_options
 def invert(video, check, as_json, model, revision, device, dtype, inversion_prompt, steps,
-           inversion_steps, batch_size, n_frames, stride, size, unet_batch, cache_dir, options,
-           stage_choices, quiet):
+           inversion_steps, batch_size, n_frames, stride, size, unet_batch, cache_dir, cache_budget,
+           options, stage_choices, quiet):
     """Run inversion and the feature store only; report reconstruction PSNR."""
     setup_threads()
     choices = parse_choices(stage_choices)
@@ -80,7 +81,8 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
             cache_dir=cache_dir, options=list(options), stages=choices,
             inversion_prompt=inversion_prompt, steps=steps, inversion_steps=inversion_steps,
             batch_size=batch_size, frames=n_frames, stride=stride, size=size, pm=pm,
-            registry=registry, unet_batch=unet_batch, log=logger(quiet), quiet=quiet)
+            registry=registry, unet_batch=unet_batch, cache_budget=cache_budget,
+            log=logger(quiet), quiet=quiet)
     except EditError as exc:
         raise fail(exc) from None
     report = {"keys": result.keys, "paths": result.paths}
@@ -119,7 +121,7 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
 def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, overwrite,
             scorer_names, clip, flow_method, long_range, model, revision, device, dtype,
             inversion_prompt, steps, inversion_steps, batch_size, n_frames, stride, size,
-            unet_batch, cache_dir, options, stage_choices, quiet):
+            unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
     """Run several editors or settings on VIDEO (one shared cache) and compare them.
 
     Writes table.md and table.json (consistency, structure and fidelity metrics per method, the
@@ -165,7 +167,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
                               seed=seed, inversion_prompt=inversion_prompt, steps=steps,
                               inversion_steps=inversion_steps, batch_size=batch_size,
                               cache_dir=root, pm=pm, registry=registry, unet_batch=unet_batch,
-                              log=logger(quiet), quiet=quiet)
+                              cache_budget=cache_budget, log=logger(quiet), quiet=quiet)
     except EditError as exc:
         raise fail(exc) from None
     frames, loaded, clip_video = source.frames, source.model, source.clip
