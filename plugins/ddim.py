@@ -119,7 +119,8 @@ class DDIMInversion(StageBase):
             x0 = torch.from_numpy(np.asarray(out["x0"][...])).to(model.device)
         else:
             with ctx.bar(1, "encode frames") as bar:
-                x0 = model.encode_frames(ctx.frames, batch_size=batch).to(torch.float32)
+                # the VAE works at full resolution: its own small batch, whatever the UNet's
+                x0 = model.encode_frames(ctx.frames).to(torch.float32)
                 bar.update(1)
         n = x0.shape[0]
         lat = tuple(x0.shape[1:])
@@ -163,7 +164,7 @@ class DDIMInversion(StageBase):
         with ctx.bar(len(grid), f"invert ({len(grid)} steps)") as bar, \
                 BackgroundWriter() as writer:
             bar.update(start)
-            _, x_max = invert(model, x0, text, grid, set(editing), on_step=step_done,
+            _, x_max = invert(model, x0, text, grid, set(), on_step=step_done,
                               batch_size=batch, start=start, x_start=x_start)
         for s in "ab":
             del out[f"resume_{s}"]

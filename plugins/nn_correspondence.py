@@ -105,6 +105,8 @@ class NNCorrespondence(StageBase):
         write_coord(out, FRAME, range(n))
         write_coord(out, REF, [0, 1])
         create_array(out, "reference", dims=(TIMESTEP, FRAME, REF), data=refs)
+        # frames per unit of work: whole chunks, as the blender reads them (its UNet batch)
+        group = max(1, int(ctx.options.get("unet_batch", ctx.config.batch_size)))
         arrays = {}
         for gname in sorted(set(feats.groups[layer] for layer in feats.layers)):
             members = [layer for layer in feats.layers if feats.groups[layer] == gname]
@@ -117,34 +119,47 @@ class NNCorrespondence(StageBase):
             write_coord(g, TOKEN, range(tokens))
             arr = create_array(g, "index", dims=(TIMESTEP, FRAME, LAYER, REF, TOKEN),
                                shape=(steps, n, len(members), 2, tokens), dtype="int32",
-                               chunks=(1, n, 1, 2, tokens))
+                               chunks=(1, group, 1, 2, tokens))
             for j, layer in enumerate(members):
                 arrays[layer] = (arr, j)
         out.attrs["groups"] = {layer: feats.groups[layer] for layer in feats.layers}
         device = ctx.model.device
-        every = list(range(n))
-        work = [(i, layer) for i in range(steps) for layer in feats.layers]
+        # one unit of work: a step, a group of frames with the keyframes they read from, a
+        # layer (memory does not grow with the video; without stored tokens, one source pass
+        # per step and group serves every layer)
+        work = []
+        for i in range(steps):
+            for s0 in range(0, n, group):
+                frames = np.arange(s0, min(s0 + group, n))
+                needed = np.union1d(frames, refs[i, frames])
+                work.extend((i, layer, frames, needed) for layer in feats.layers)
 
-        def store(arr, i: int, j: int, index: np.ndarray) -> None:
-            arr[i, :, j] = index
+        def read(item):
+            i, layer, _, needed = item
+            return feats.tokens(i, layer, needed)
 
-        # reading (and decompressing) the next layer's tokens overlaps this one's search, and
+        def store(arr, i: int, j: int, frames: np.ndarray, index: np.ndarray) -> None:
+            arr[i, int(frames[0]):int(frames[-1]) + 1, j] = index
+
+        # reading (and decompressing) the next unit's tokens overlaps this one's search, and
         # writing its indices the next one's
         with torch.no_grad(), ctx.bar(len(work), "correspondence") as bar, \
                 ThreadPoolExecutor(1, thread_name_prefix="tokenflow-reader") as reader, \
                 BackgroundWriter() as writer:
-            ahead = reader.submit(feats.tokens, work[0][0], work[0][1], every)
-            for k, (i, layer) in enumerate(work):
+            ahead = reader.submit(read, work[0])
+            for k, (i, layer, frames, needed) in enumerate(work):
                 x = ahead.result().to(device)
                 if k + 1 < len(work):
-                    ahead = reader.submit(feats.tokens, work[k + 1][0], work[k + 1][1], every)
-                index = np.empty((n, 2, x.shape[1]), dtype=np.int32)
+                    ahead = reader.submit(read, work[k + 1])
+                row = {int(f): r for r, f in enumerate(needed)}  # frame -> row of x
+                index = np.empty((len(frames), 2, x.shape[1]), dtype=np.int32)
                 for r in range(2):
-                    for key in np.unique(refs[i, :, r]):
-                        members = np.flatnonzero(refs[i, :, r] == key)
-                        index[members, r] = nearest_tokens(x[members], x[int(key)]).cpu().numpy()
+                    for key in np.unique(refs[i, frames, r]):
+                        members = np.flatnonzero(refs[i, frames, r] == key)
+                        rows = [row[int(f)] for f in frames[members]]
+                        index[members, r] = nearest_tokens(x[rows], x[row[int(key)]]).cpu().numpy()
                 arr, j = arrays[layer]
-                writer.submit(store, arr, i, j, index)
+                writer.submit(store, arr, i, j, frames, index)
                 bar.update(1)
 
 

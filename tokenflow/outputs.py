@@ -83,27 +83,42 @@ def run_record(job, results, clip, frames: np.ndarray, *, seconds: float) -> dic
     }
 
 
+#: Frames read from the blender's store and written to the outputs at a time.
+OUTPUT_CHUNK = 16
+
+
 def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrite: bool,
                   seconds: float) -> Path:
     """Write everything into a temporary sibling directory, then move it into place.
 
-    An existing ``out`` is replaced only with ``overwrite`` or when it holds the output of the
-    very same run (same blender key); otherwise :class:`FileExistsError`.
+    The edited frames stream from the blender's store :data:`OUTPUT_CHUNK` at a time into
+    every output, so memory does not grow with the video. An existing ``out`` is replaced only
+    with ``overwrite`` or when it holds the output of the very same run (same blender key);
+    otherwise :class:`FileExistsError`.
     """
-    from tokenflow.video import side_by_side, write_frames, write_png, write_video
+    from contextlib import ExitStack
+
+    from tokenflow.video import VideoWriter, side_by_side, write_frames, write_png
 
     check_output_dir(out, job.keys["blender"], overwrite=overwrite)
-    edited = np.asarray(job.base.cache.open(results["blender"].path)["frames"][...])
+    edited = job.base.cache.open(results["blender"].path)["frames"]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
         fps = float(clip.fps)
-        write_video(tmp / "edited.mp4", edited, fps)
-        write_video(tmp / "source.mp4", frames, fps)
-        write_video(tmp / "side_by_side.mp4", side_by_side(frames, edited), fps)
-        write_frames(tmp / "frames", edited)
-        write_png(tmp / "preview.png", contact_sheet(frames, edited))
+        with ExitStack() as stack:
+            videos = [stack.enter_context(VideoWriter(tmp / name, fps))
+                      for name in ("edited.mp4", "source.mp4", "side_by_side.mp4")]
+            for start in range(0, len(frames), OUTPUT_CHUNK):
+                source = frames[start:start + OUTPUT_CHUNK]
+                chunk = np.asarray(edited[start:start + len(source)])
+                for writer, part in zip(videos, (chunk, source, side_by_side(source, chunk))):
+                    writer.write(part)
+                write_frames(tmp / "frames", chunk, start=start)
+        index = evenly_spaced(len(frames), 4)
+        write_png(tmp / "preview.png", contact_sheet(frames[index],
+                                                     np.asarray(edited.oindex[index])))
         doc = run_record(job, results, clip, frames, seconds=seconds)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)

@@ -12,6 +12,7 @@ from typing import Any
 
 from tokenflow.cache.lookup import CacheLookup, StageResult
 from tokenflow.hookspecs import hookimpl
+from tokenflow.memory import release_memory
 from tokenflow.stages import BLENDER, EDITOR, STEP_KINDS, StageContext, StageError
 
 
@@ -125,6 +126,7 @@ class Job:
                 self.failed_hook = None
                 raise
             self.results[kind] = result
+            release_memory()  # what the stage freed, before the next one allocates its own
             if kind == BLENDER:
                 editor = self.stages[EDITOR]
                 self.results[EDITOR] = StageResult(

@@ -33,6 +33,7 @@ __all__ = [
     "parse_size",
     "resize_frames",
     "write_video",
+    "VideoWriter",
     "write_frames",
     "side_by_side",
     "frames_hash",
@@ -336,46 +337,77 @@ def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
 # --------------------------------------------------------------------------- writing
 
 
-def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float) -> None:
-    """Write frames as an H.264 (libx264, yuv420p, CRF 18) mp4, atomically.
+class VideoWriter:
+    """Writes an H.264 (libx264, yuv420p, CRF 18) mp4 chunk by chunk, atomically: a video of
+    any length without holding its frames (``with VideoWriter(path, fps) as w: w.write(chunk)``).
 
-    The file is written to a hidden temporary sibling ending in ``.mp4`` and moved
-    into place with :func:`os.replace`; it is removed if encoding fails. Sizes are
-    kept exactly (``macro_block_size=1``); since yuv420p needs even sides, an odd
-    height/width is padded by repeating the last row/column (output is 1 px larger).
-    The container is mp4 whatever the suffix of ``path``.
+    The file is written to a hidden temporary sibling ending in ``.mp4`` and moved into place
+    with :func:`os.replace` when the block ends without error; it is removed otherwise. Sizes are
+    kept exactly (``macro_block_size=1``); since yuv420p needs even sides, an odd height/width is
+    padded by repeating the last row/column (output is 1 px larger). The container is mp4
+    whatever the suffix of ``path``. Every chunk must have the first chunk's size.
     """
+
+    def __init__(self, path: str | os.PathLike[str], fps: float) -> None:
+        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+            raise VideoError(f"fps must be positive, got {fps!r}")
+        self.target = Path(path)
+        self.fps = float(fps)
+        self.tmp = self.target.with_name(f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
+        self.count = 0
+        self._writer = None
+        self._shape: tuple[int, ...] | None = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append ``(n, H, W, 3)`` uint8 frames."""
+        import imageio.v2 as iio2
+
+        _check_frames(frames)
+        if self._shape is None:
+            self._shape = frames.shape[1:]
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = iio2.get_writer(
+                self.tmp, format="FFMPEG", mode="I", fps=self.fps, codec="libx264",
+                pixelformat="yuv420p", macro_block_size=1, quality=None,
+                output_params=["-crf", "18"], ffmpeg_log_level="error")
+        elif frames.shape[1:] != self._shape:
+            raise VideoError(f"frames of {frames.shape[2]}x{frames.shape[1]} in a video of "
+                             f"{self._shape[1]}x{self._shape[0]}")
+        h, w = frames.shape[1:3]
+        if h % 2 or w % 2:
+            frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        for frame in frames:
+            self._writer.append_data(np.ascontiguousarray(frame))
+        self.count += len(frames)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None:
+                if self.count == 0:
+                    raise VideoError("no frames to write")
+                os.replace(self.tmp, self.target)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_video(path: str | os.PathLike[str], frames: np.ndarray, fps: float) -> None:
+    """Write frames as an H.264 mp4, atomically (see :class:`VideoWriter`)."""
     _check_frames(frames)
     if frames.shape[0] == 0:
         raise VideoError("no frames to write")
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise VideoError(f"fps must be positive, got {fps!r}")
-    h, w = frames.shape[1:3]
-    if h % 2 or w % 2:
-        frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp.mp4")
-    try:
-        iio.imwrite(
-            tmp,
-            np.ascontiguousarray(frames),
-            plugin="FFMPEG",
-            fps=float(fps),
-            codec="libx264",
-            pixelformat="yuv420p",
-            macro_block_size=1,
-            quality=None,
-            output_params=["-crf", "18"],
-            ffmpeg_log_level="error",
-        )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with VideoWriter(path, fps) as writer:
+        writer.write(frames)
 
 
-def write_frames(directory: str | os.PathLike[str], frames: np.ndarray) -> list[Path]:
-    """Write ``00000.png``, ``00001.png``, ... into ``directory`` (created), each atomically.
+def write_frames(directory: str | os.PathLike[str], frames: np.ndarray,
+                 start: int = 0) -> list[Path]:
+    """Write ``00000.png``, ``00001.png``, ... into ``directory`` (created), each atomically;
+    ``start``: the number of the first frame (to write a long video chunk by chunk).
 
     Existing files with other names (e.g. frames beyond ``len(frames)`` from an
     earlier, longer run) are left alone.
@@ -384,7 +416,7 @@ def write_frames(directory: str | os.PathLike[str], frames: np.ndarray) -> list[
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
-    for i, frame in enumerate(frames):
+    for i, frame in enumerate(frames, start):
         final = folder / f"{i:05d}.png"
         tmp = folder / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:

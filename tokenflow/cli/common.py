@@ -90,7 +90,8 @@ def common_input_options(f):
                      help="Short side S, or WxH; rounded to multiples of 64 (default: model's native)."),
         click.option("--unet-batch", default=None, type=click.IntRange(1),
                      help="Frames per UNet call (memory and speed only, not the result; "
-                          "default: as many whole chunks as the device holds)."),
+                          "default: as many whole chunks as the device holds). The keyframe "
+                          "call on more keyframes runs in lockstep batches of this size."),
         click.option("--cache-dir", default=None, help=f"Stage cache (env {CACHE_ENV}, default ./cache)."),
         click.option("--cache-budget", default=None, callback=_size_option, metavar="SIZE",
                      help="Say what shrinks the cache when a run would write more than SIZE "

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,14 @@ class AttentionState:
     conv: dict[str, torch.Tensor] = field(default_factory=dict)
     provide: Callable[[str], torch.Tensor | None] | None = None
     keep: dict[str, torch.Tensor] | None = None
+    #: Extended attention takes its queries in pieces whose attention matrix (if a backend
+    #: materialises it) stays under this many bytes (None: one piece). Not reset per call.
+    attention_bytes: int | None = None
+    #: Set on the state of one UNet batch of a split keyframe call (``lockstep.unet_call``):
+    #: the :class:`tokenflow.editing.lockstep.Lockstep` and this batch's index.
+    lockstep: Any = None
+    group: int = 0
+    _bound: AttentionState | None = field(default=None, repr=False, compare=False)
 
     def reset(self) -> None:
         self.n_branches = 1
@@ -47,6 +56,18 @@ class AttentionState:
         self.conv = {}
         self.provide = None
         self.keep = None
+        self.lockstep = None
+        self.group = 0
+        self._bound = None
+
+    def bind(self, state: AttentionState | None) -> None:
+        """Make ``state`` what the processors read instead of this one (None: this one again);
+        a split UNet call binds each batch's state before running that batch."""
+        self._bound = state
+
+    def current(self) -> AttentionState:
+        """The state the processors follow (see :meth:`bind`)."""
+        return self._bound or self
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -63,7 +84,7 @@ class TokenFlowAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
                  temb=None, *args, **kwargs) -> torch.Tensor:
-        state = self.state
+        state = self.state.current()
         if hidden_states.ndim != 3 or encoder_hidden_states is not None:
             raise RuntimeError(f"{self.layer}: expected self-attention on (batch, tokens, channels)")
         if state.record is not None:
@@ -103,8 +124,13 @@ class TokenFlowAttnProcessor:
             key = attn.norm_k(key)
         if attention_mask is not None:
             raise RuntimeError(f"{self.layer}: self-attention masks are not supported")
-        if state.extended:
-            out = extended_attention(query, key, value, state.n_branches)
+        if state.extended and state.lockstep is not None:  # one UNet batch of the keyframes
+            keys, values = state.lockstep.exchange(state.group, key, value, state.n_branches)
+            out = extended_attention(query, key, value, state.n_branches,
+                                     max_bytes=state.attention_bytes, gathered=(keys, values))
+        elif state.extended:
+            out = extended_attention(query, key, value, state.n_branches,
+                                     max_bytes=state.attention_bytes)
         else:
             out = F.scaled_dot_product_attention(query, key, value)
         out = out.transpose(1, 2).reshape(batch, tokens, -1).to(query.dtype)
@@ -117,20 +143,46 @@ class TokenFlowAttnProcessor:
         return out
 
 
-def extended_attention(query, key, value, n_branches: int) -> torch.Tensor:
+def merge_frames(t: torch.Tensor, n_branches: int) -> torch.Tensor:
+    """``(n_branches * F, heads, S, d)`` -> ``(n_branches, heads, F * S, d)``: the frames of a
+    branch side by side on the token axis."""
+    frames = t.shape[0] // n_branches
+    return t.view(n_branches, frames, t.shape[1], -1, t.shape[-1]).transpose(1, 2).reshape(
+        n_branches, t.shape[1], -1, t.shape[-1])
+
+
+def chunked_attention(query, key, value, max_bytes: int | None = None) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` (torch SDPA) with the queries taken in pieces of as many
+    rows as keep one piece's attention matrix (``batch x heads x rows x keys``, the query's
+    dtype) under ``max_bytes``; at least one row. Rows are independent, so the result equals
+    one call's, to float rounding; memory no longer grows with the number of queries even
+    where a backend materialises the matrix (SDPA's math fallback)."""
+    rows = query.shape[-2]
+    step = rows
+    if max_bytes is not None:
+        per_row = query.shape[0] * query.shape[1] * key.shape[-2] * query.element_size()
+        step = max(1, int(max_bytes) // max(1, per_row))
+    if step >= rows:
+        return F.scaled_dot_product_attention(query, key, value)
+    return torch.cat([F.scaled_dot_product_attention(query[..., s:s + step, :], key, value)
+                      for s in range(0, rows, step)], dim=-2)
+
+
+def extended_attention(query, key, value, n_branches: int, *, max_bytes: int | None = None,
+                       gathered: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Attention in which every frame of a branch attends to the keys/values of all its frames.
 
     Inputs are ``(n_branches * frames, heads, tokens, dim)``, branch-major; so is the output.
-    Equivalent to concatenating the frames' keys and values along the token axis.
+    Equivalent to concatenating the frames' keys and values along the token axis. The keys and
+    values are gathered once per branch, the queries taken in pieces (:func:`chunked_attention`,
+    ``max_bytes``). ``gathered``: the branch's keys and values of all its frames,
+    ``(n_branches, heads, K * tokens, dim)``, when ``query`` holds only some of the frames (one
+    UNet batch of a split call); ``key`` and ``value`` are then unused.
     """
     bf, heads, tokens, dim = query.shape
     frames = bf // n_branches
-
-    def merge(t: torch.Tensor) -> torch.Tensor:  # (nb*F, h, S, d) -> (nb, h, F*S, d)
-        return t.view(n_branches, frames, heads, -1, t.shape[-1]).transpose(1, 2).reshape(
-            n_branches, heads, -1, t.shape[-1])
-
-    out = F.scaled_dot_product_attention(merge(query), merge(key), merge(value))
+    keys, values = gathered or (merge_frames(key, n_branches), merge_frames(value, n_branches))
+    out = chunked_attention(merge_frames(query, n_branches), keys, values, max_bytes)
     out = out.view(n_branches, heads, frames, tokens, dim).transpose(1, 2)
     return out.reshape(bf, heads, tokens, dim)
 
@@ -143,7 +195,7 @@ class ConvHook:
         self.state = state
 
     def __call__(self, module, args, output):
-        state = self.state
+        state = self.state.current()
         if state.record_conv is not None:
             state.record_conv[self.path] = output.detach()
         source = state.conv.get(self.path)

@@ -18,7 +18,9 @@ import zarr
 from tokenflow.editing.attention import AttentionState, tokenflow_attention
 from tokenflow.cache.store import create_array, write_coord
 from tokenflow.cache.layouts import CorrespondenceReader, FeatureReader, read_timesteps
+from tokenflow.editing.lockstep import unet_call
 from tokenflow.editing.source import SourcePass
+from tokenflow.memory import release_memory
 from tokenflow.stages import (
     BLENDER,
     CORRESPONDENCE,
@@ -36,6 +38,10 @@ from tokenflow.stages import (
     StageContext,
     StageError,
 )
+
+
+#: Default bound on one piece of extended attention's matrix (``EditRun.attention_bytes``).
+ATTENTION_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -106,6 +112,12 @@ class EditRun:
         use and speed, not what is computed (default: the chunk size)."""
         return max(1, int(self.ctx.options.get("unet_batch", self.batch_size)))
 
+    @property
+    def attention_bytes(self) -> int:
+        """Extended attention takes its queries in pieces whose attention matrix stays under
+        this many bytes (the run's ``attention_bytes`` knob; memory, not results)."""
+        return int(self.ctx.options.get("attention_bytes", ATTENTION_BYTES))
+
     def call_groups(self) -> list[list[int]]:
         """Frame indices per UNet call for work done frame by frame (propagation, per-frame
         editing): whole chunks, as many as fit in :attr:`unet_batch` (at least one)."""
@@ -132,6 +144,9 @@ class EditRun:
         extra: Callable[[torch.Tensor, int, torch.Tensor], dict[str, Any]] | None = None,
     ) -> torch.Tensor:
         """One UNet call on ``n_branches`` x frames (branch-major), with the given instructions.
+        An extended call on more frames than :attr:`unet_batch` runs as one UNet pass per
+        batch, in lockstep (:mod:`tokenflow.editing.lockstep`): the same result, to float
+        rounding, with the memory of a UNet batch.
 
         ``latents`` has the frames once (F, c, h, w); it is repeated for every branch. ``text``
         holds one embedding per branch (n_branches, T, D). ``extra(x, t, emb)`` may return more
@@ -149,11 +164,12 @@ class EditRun:
         state.conv = {k: v.to(model.device) for k, v in (conv or {}).items()}
         state.provide = provide
         state.keep = keep
+        state.attention_bytes = self.attention_bytes
         try:
-            kwargs = extra(x, int(t), emb) if extra is not None else {}
-            out = model.unet(x, int(t), encoder_hidden_states=emb, return_dict=False, **kwargs)[0]
+            out = unet_call(model.unet, state, x, t, emb, unet_batch=self.unet_batch, extra=extra)
         finally:
             state.reset()
+            release_memory()  # the call's working set, before the next call allocates its own
         self.unet_frames += x.shape[0]
         self.unet_calls += 1
         return out.to(torch.float32)
@@ -239,6 +255,20 @@ def start_latents(run: EditRun, t: int) -> torch.Tensor:
     return a_t.sqrt() * run.x0 + (1 - a_t).sqrt() * eps
 
 
+def decode_frames(model, latents: torch.Tensor, out: zarr.Group, batch: int = 8) -> zarr.Array:
+    """Decode ``latents`` into ``out["frames"]`` (frame, y, x, rgb) ``batch`` frames at a time
+    (the VAE's batch, whatever the UNet's), so that no copy of every frame's pixels is held."""
+    n = int(latents.shape[0])
+    f = model.vae_scale_factor
+    shape = (n, int(latents.shape[2]) * f, int(latents.shape[3]) * f, 3)
+    arr = create_array(out, "frames", dims=(FRAME, HEIGHT, WIDTH, RGB), shape=shape,
+                       dtype="uint8", chunks=(1,) + shape[1:])
+    for s in range(0, n, batch):
+        arr[s:s + batch] = model.decode_latents(latents[s:s + batch], batch_size=batch)
+    release_memory()
+    return arr
+
+
 def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
              progress: Sequence[Any] = ()) -> EditRun:
     """Run the loop, writing the editor's and the blender's stores; returns the run (counters).
@@ -317,10 +347,10 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
                 bl_lat[j] = latents.detach().cpu().numpy()
                 for p in progress:
                     p.mark(f"step:{j}", unet_calls=run.unet_calls, unet_frames=run.unet_frames)
+                del step, edited
+                release_memory()
                 bar.update(1)
-    frames = ctx.model.decode_latents(latents)
-    create_array(blender_out, "frames", dims=(FRAME, HEIGHT, WIDTH, RGB), data=frames,
-                 chunks=(1,) + frames.shape[1:])
+    decode_frames(ctx.model, latents, blender_out)
     stats = {"unet_calls": run.unet_calls, "unet_frame_evals": run.unet_frames,
              "steps": steps, "first_step": first, "frames": n, "keyframes_per_step": k}
     blender_out.attrs["stats"] = stats
