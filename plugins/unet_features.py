@@ -172,8 +172,7 @@ class UNetFeatures(StageBase):
                 arr, j = arrays[name]
                 arr[first:first + value.shape[0], s0:s0 + value.shape[1], j] = value
             if progress is not None:
-                for tag in tags:
-                    progress.mark(tag, unet_frame_evals=evals, int8_clipped=clipped)
+                progress.mark(*tags, unet_frame_evals=evals, int8_clipped=clipped)
 
         with ctx.bar(len(steps) * -(-n // batch), "features") as bar, \
                 BackgroundWriter() as writer:

@@ -612,3 +612,18 @@ def test_tf_cache_ls_text(world: World, baseline: Baseline) -> None:
     assert result.exit_code == 0, result.output
     for kind, key in baseline.first["keys"].items():
         assert any(line.startswith(kind) and key[:16] in line for line in result.stdout.splitlines())
+
+
+def test_progress_marks_several_units_in_one_write_and_clears_a_killed_writes_leftovers(
+        tmp_path: Path) -> None:
+    from tokenflow.cache.store import Progress
+
+    path = tmp_path / ".entry.partial.progress.json"
+    progress = Progress(path, "k")
+    progress.mark("t0:f0", "t1:f0", evals=4)
+    stale = tmp_path / f".{path.name}.0123abcd.tmp"  # what SIGKILL mid-write leaves
+    stale.write_text("{")
+    again = Progress(path, "k")
+    assert again.done("t0:f0") and again.done("t1:f0") and again.state == {"evals": 4}
+    assert not stale.exists()
+    assert not Progress(path, "another key").resumed

@@ -134,14 +134,19 @@ class Progress:
     """What an interrupted computation of one entry already finished, kept in the partial
     store (``progress.json``, replaced atomically) so that a rerun resumes after it.
 
-    A stage marks a unit of work (``mark("t3:f8")``) only after its results are written;
-    ``done(tag)`` tells a resumed run to skip it. ``state`` holds small JSON values (counters).
+    A stage marks units of work (``mark("t3:f8", "t4:f8")``) only after their results are
+    written; ``done(tag)`` tells a resumed run to skip one. ``state`` holds small JSON values
+    (counters). The entry's lock makes this the file's only writer, so the write-aside copies a
+    killed run left behind are removed here.
     """
 
     def __init__(self, path: Path | None, key: str) -> None:
         self.path, self.key = path, key
         self.tags: set[str] = set()
         self.state: dict[str, Any] = {}
+        if path is not None:
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if path is not None and path.is_file():
             try:
                 doc = json.loads(path.read_text())
@@ -158,8 +163,8 @@ class Progress:
     def done(self, tag: str) -> bool:
         return tag in self.tags
 
-    def mark(self, tag: str, **state: Any) -> None:
-        self.tags.add(tag)
+    def mark(self, *tags: str, **state: Any) -> None:
+        self.tags.update(tags)
         self.state.update(state)
         if self.path is not None:
             _write_json_atomic(self.path, {"key": self.key, "done": sorted(self.tags),
