@@ -28,7 +28,8 @@ def _reinit_zero_weights(module: torch.nn.Module) -> None:
 
 def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 16,
                      prediction_type: str = "epsilon", unet: dict[str, Any] | None = None,
-                     vae: dict[str, Any] | None = None) -> dict[str, Any]:
+                     vae: dict[str, Any] | None = None, text_encoder: dict[str, Any] | None = None,
+                     scheduler: dict[str, Any] | None = None) -> dict[str, Any]:
     """Randomly initialised SD-shaped components (stock classes): ``unet``, ``vae``, ``text_encoder``,
     ``tokenizer``, ``scheduler``.
 
@@ -38,10 +39,12 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
     Weights come from ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (global RNG untouched). Any
     all-zero weight tensor (some diffusers versions zero-init ``conv_out``/``proj_out``, silencing outputs) gets
     small seeded noise instead; a no-op on diffusers 0.42, where only norm biases start at zero.
-    ``unet`` and ``vae`` override entries of the two configs (e.g. ``block_out_channels``), for
-    benchmarks that need a larger model of the same shape.
+    ``unet``, ``vae``, ``text_encoder`` (a ``CLIPTextConfig``) and ``scheduler`` (a DDIM config)
+    override entries of those configs (e.g. ``block_out_channels``), for benchmarks that need a
+    larger model of the same shape, up to full size (``benchmarks/fullsize.py``).
     """
     unet_overrides, vae_overrides = dict(unet or {}), dict(vae or {})
+    text_overrides, scheduler_overrides = dict(text_encoder or {}), dict(scheduler or {})
     if layout not in ("sd15", "sd21"):
         raise ModelError(f"unknown tiny layout {layout!r}: use 'sd15' or 'sd21'")
     if prediction_type not in PREDICTION_TYPES:
@@ -66,27 +69,30 @@ def build_tiny_model(layout: str = "sd15", *, seed: int = 0, sample_size: int = 
         )
         unet = UNet2DConditionModel(**{**unet_config, **unet_overrides})
         vae = AutoencoderKL(**{**vae_config, **vae_overrides})
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=77, projection_dim=64,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**{
+            "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+            "projection_dim": 64, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
+            **text_overrides,
+        }))
         for module in (unet, vae, text_encoder):
             _reinit_zero_weights(module)
-    scheduler = DDIMScheduler.from_config({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type})
+    scheduler = DDIMScheduler.from_config({**SD_SCHEDULER_CONFIG, "prediction_type": prediction_type,
+                                           **scheduler_overrides})
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
 def save_tiny_model(directory: str | os.PathLike, layout: str = "sd15", *, seed: int = 0, sample_size: int = 16,
                     prediction_type: str = "epsilon", unet: dict[str, Any] | None = None,
-                    vae: dict[str, Any] | None = None) -> Path:
+                    vae: dict[str, Any] | None = None, text_encoder: dict[str, Any] | None = None,
+                    scheduler: dict[str, Any] | None = None) -> Path:
     """Save a tiny random model as a diffusers directory (safetensors) loadable by :func:`load_model` and
     ``StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)``."""
     from diffusers import StableDiffusionPipeline
 
     parts = build_tiny_model(layout, seed=seed, sample_size=sample_size, prediction_type=prediction_type,
-                             unet=unet, vae=vae)
+                             unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler)
     pipe = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     directory = Path(directory)
