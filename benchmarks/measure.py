@@ -8,17 +8,20 @@ import sys
 import time
 from pathlib import Path
 
-#: Runs the command given as arguments and prints its exit code and peak RSS (its children's).
+#: Runs the command given as arguments and prints its exit code, peak RSS and CPU seconds (its
+#: children's).
 MEASURE = (
     "import resource, subprocess, sys, json;"
     "r = subprocess.run(sys.argv[1:]);"
-    "print(json.dumps({'rc': r.returncode,"
-    " 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN);"
+    "print(json.dumps({'rc': r.returncode, 'maxrss_kb': u.ru_maxrss,"
+    " 'cpu_s': u.ru_utime + u.ru_stime}))"
 )
 
 
 def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
-    """One `tf run` in its own process: wall time (s) and the process's peak RSS (MB).
+    """One `tf run` in its own process: wall time (s), the process's peak RSS (MB) and CPU time
+    (s, user + system: less sensitive than wall time to other work on a shared machine).
     ``python``: the interpreter whose tokenflow runs (another checkout's venv, to compare
     commits in one benchmark run); default this one."""
     python = python or sys.executable
@@ -29,7 +32,8 @@ def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
     info = json.loads(out.stdout.strip().splitlines()[-1])
     if info["rc"] != 0:
         sys.exit(f"tf run failed:\n{out.stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024}
+    return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024,
+            "cpu_seconds": info.get("cpu_s", float("nan"))}
 
 
 def dir_size(path: Path) -> int:

@@ -24,7 +24,9 @@ first's (the speed options of docs/benchmarks.md). ``--warm`` shares one cache a
 variants of a setting and removes only the editor's and the blender's stores before each run, so
 that each run recomputes the editing loop alone (its seconds are the ``blender s`` column);
 ``--repeat R`` runs the whole interleaved round R times and ends with the median loop seconds per
-variant. Prints one Markdown table.
+variant and the median CPU seconds of the whole ``tf run`` process (steadier than wall time when
+other work shares the machine; with ``--warm`` the first round also computes the upstream
+stores). Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def main() -> None:
             model, clip = build(tmp, n)
             first: dict = {}
             loops: dict[str, list[float]] = {}
+            cpu: dict[str, list[float]] = {}
             for (version, python, more), _ in ((v, r) for r in range(args.repeat)
                                                for v in versions):
                 tag = version.replace("/", "-")
@@ -151,11 +154,13 @@ def main() -> None:
                       f"{' / '.join(f'{p:.1f}' for p in per)} | {dir_size(cache) / 2**20:.1f} | "
                       f"{versus} | {same_kf} |", flush=True)
                 loops.setdefault(version, []).append(seconds[4])
+                cpu.setdefault(version, []).append(result["cpu_seconds"])
             if args.repeat > 1 or args.warm:
-                base = statistics.median(next(iter(loops.values())))
-                print(f"\nediting loop, median of {args.repeat} (s, ratio to the first): " + "; ".join(
-                    f"{v} {statistics.median(t):.1f} ({statistics.median(t) / base:.2f}x)"
-                    for v, t in loops.items()) + "\n", flush=True)
+                for what, values in (("editing loop wall s", loops), ("process CPU s", cpu)):
+                    base = statistics.median(next(iter(values.values())))
+                    print(f"\n{what}, median of {args.repeat} (ratio to the first): " + "; ".join(
+                        f"{v} {statistics.median(t):.1f} ({statistics.median(t) / base:.2f}x)"
+                        for v, t in values.items()), flush=True)
 
 
 if __name__ == "__main__":
