@@ -2,6 +2,7 @@
 
     python benchmarks/consistency.py [--clips ball,turning_box,passing,sky] [--steps 50]
                                      [--methods "pnp;pnp-frames;sdedit"] [--cache-dir DIR]
+                                     [--dtype bfloat16] [--frames-out DIR] [--against DIR]
 
 For each example clip (examples/README.md: its source caption and a target prompt), runs each
 method on the embedded model through one shared stage cache and measures it against the source
@@ -9,7 +10,10 @@ with tokenflow.eval.metrics (optical flow of the SOURCE, OpenCV DIS): warp error
 t -> t+4 over non-occluded pixels, flicker ratio (edit's frame-to-frame change over the
 source's), structure (flow endpoint error, edge F1) and fidelity (the `attribute` scorer: the
 prompt's colour on the object, tokenflow.embedded.world's rules). Prints one Markdown table per clip and
-a summary of TokenFlow (`pnp`) against per-frame PnP (`pnp-frames`).
+a summary of TokenFlow (`pnp`) against per-frame PnP (`pnp-frames`), and per clip the PSNR of every
+method's frames against the first method's (how far an option moves the output). ``--frames-out
+DIR`` keeps every method's frames (``DIR/<clip>/<method>.npz``); ``--against DIR`` adds the PSNR
+against the first method's frames kept there by an earlier run (e.g. float32 against bfloat16).
 """
 
 from __future__ import annotations
@@ -35,6 +39,31 @@ CLIPS = {
 }
 
 
+def _psnr_line(clip: str, results, frames_out: Path | None, against: Path | None) -> str:
+    """PSNR (dB) of every method's frames against the first method's (and ``against``'s)."""
+
+    def psnr(a: np.ndarray, b: np.ndarray) -> float:  # over the whole video
+        mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+        return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+    def label(r) -> str:
+        return r.method.label.replace(" ", "_").replace("/", "-")
+
+    if frames_out is not None:
+        (frames_out / clip).mkdir(parents=True, exist_ok=True)
+        for r in results:
+            np.savez_compressed(frames_out / clip / f"{label(r)}.npz", frames=r.frames)
+    first = results[0]
+    cells = [f"{r.method.label}: {psnr(first.frames, r.frames):.2f}" for r in results[1:]]
+    if against is not None:
+        files = sorted((against / clip).glob("*.npz"))
+        if files:
+            old = np.load(files[0])["frames"]
+            cells += [f"{r.method.label} against {files[0].stem} of {against}: "
+                      f"{psnr(old, r.frames):.2f}" for r in results]
+    return f"PSNR dB against `{first.method.label}`: " + ("; ".join(cells) or "-") + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", default=",".join(CLIPS))
@@ -42,6 +71,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--long-range", type=int, default=4)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--dtype", default=None, help="the model's dtype (default float32)")
+    parser.add_argument("--frames-out", type=Path, default=None)
+    parser.add_argument("--against", type=Path, default=None)
     args = parser.parse_args()
 
     import torch
@@ -61,14 +93,15 @@ def main() -> None:
     from tokenflow.models import load_model
 
     torch.set_num_threads(2)
-    model = load_model(None, device="cpu")
+    model = load_model(None, device="cpu", dtype=args.dtype)
     pm = make_plugin_manager()
     scorers = make_scorers(pm, ["attribute"], {})
     methods = [parse_method(m) for m in args.methods.split(";") if m.strip()]
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="tf-consistency-"))
     size = model.native_size
     summary: dict[str, dict[str, list[float]]] = {}
-    print(f"embedded model, {size}x{size}, {args.steps} steps, batch 8, cache {cache}; "
+    print(f"embedded model ({model.dtype}), {size}x{size}, {args.steps} steps, batch 8, "
+          f"cache {cache}; "
           f"flow: OpenCV DIS on the source; k = {args.long_range}\n")
     for name in args.clips.split(","):
         caption, prompt = CLIPS[name]
@@ -92,6 +125,7 @@ def main() -> None:
         header, rows = table_rows(source_doc, results)
         print(f"### {name} ({len(frames)} frames): {caption!r} -> {prompt!r}\n")
         print(markdown(header, rows))
+        print(_psnr_line(name, results, args.frames_out, args.against))
     print("### mean over the clips\n")
     shown = [m for m, _, _ in TABLE_METRICS] + ["score_attribute"]
     print("| method | " + " | ".join(shown) + " |")

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-#: Runs the command given as arguments and prints its exit code, peak RSS and CPU seconds (user
-#: and system; its children's).
+#: Runs the command given as arguments and prints its exit code, peak RSS and CPU seconds (its
+#: children's).
 MEASURE = (
     "import resource, subprocess, sys, json;"
     "r = subprocess.run(sys.argv[1:]);"
@@ -20,8 +20,8 @@ MEASURE = (
 
 
 def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
-    """One `tf run` in its own process: wall time (s), the process's peak RSS (MB) and its CPU
-    time (s; with one torch thread, about what the wall time is on an idle machine).
+    """One `tf run` in its own process: wall time (s), the process's peak RSS (MB) and CPU time
+    (s, user + system: less sensitive than wall time to other work on a shared machine).
     ``python``: the interpreter whose tokenflow runs (another checkout's venv, to compare
     commits in one benchmark run); default this one."""
     python = python or sys.executable
@@ -33,7 +33,7 @@ def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
     if info["rc"] != 0:
         sys.exit(f"tf run failed:\n{out.stderr[-2000:]}")
     return {"seconds": seconds, "peak_rss_mb": info["maxrss_kb"] / 1024,
-            "cpu_seconds": info["cpu_s"]}
+            "cpu_seconds": info.get("cpu_s", float("nan"))}
 
 
 def dir_size(path: Path) -> int:

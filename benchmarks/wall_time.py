@@ -17,7 +17,16 @@ Batch size 8, guidance 7.5, seed 1. ``--frames-out DIR`` keeps each run's frames
 earlier commit's), and whether the keyframe draws are identical. ``--versions
 before=/path/to/other/checkout/.venv/bin/python,after=.venv/bin/python`` runs each setting with
 each interpreter's tokenflow, interleaved (the machine's load affects both alike), and compares
-every version's frames with the first's. Prints one Markdown table.
+every version's frames with the first's. ``--variants "default=;reuse=-o blender.reuse_keyframes
+true"`` runs each setting once per variant (NAME=more tf run arguments, ``;``-separated),
+interleaved likewise, each cold in its own cache, and compares every variant's frames with the
+first's (the speed options of docs/benchmarks.md). ``--warm`` shares one cache among the
+variants of a setting and removes only the editor's and the blender's stores before each run, so
+that each run recomputes the editing loop alone (its seconds are the ``blender s`` column);
+``--repeat R`` runs the whole interleaved round R times and ends with the median loop seconds per
+variant and the median CPU seconds of the whole ``tf run`` process (steadier than wall time when
+other work shares the machine; with ``--warm`` the first round also computes the upstream
+stores). Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -26,6 +35,9 @@ import argparse
 import json
 import math
 import os
+import shlex
+import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -65,17 +77,29 @@ def main() -> None:
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--versions", default=None,
                         help="NAME=PYTHON,...: compare checkouts in one run (interleaved)")
+    parser.add_argument("--variants", default=None,
+                        help="NAME=TF RUN ARGS;...: compare options in one run (interleaved)")
+    parser.add_argument("--warm", action="store_true",
+                        help="time the editing loop alone: upstream stores shared and kept")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds")
     parser.add_argument("extra", nargs="*", help="more tf run arguments (after --)")
     args = parser.parse_args()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     versions = [tuple(v.split("=", 1)) for v in args.versions.split(",")] if args.versions \
         else [("this", sys.executable)]
+    variants = [(name, shlex.split(more)) for name, _, more in
+                (v.partition("=") for v in args.variants.split(";") if v.strip())] \
+        if args.variants else [("", [])]
+    versions = [(f"{v}{'/' if v and name else ''}{name}", python, more)
+                for v, python in versions for name, more in variants] if args.variants \
+        else [(v, python, []) for v, python in versions]
     header = ["run", "version", "wall s", "released s", "ratio", "peak RSS MB",
               *[f"{k} s" for k in KINDS], "UNet frame-evals (inv / feat / loop)",
               "ms per frame-eval (inv / feat / loop)", "cache MiB", "PSNR vs first version (or --against)",
               "keyframes equal"]
-    print(f"cold tf run, random SD-2.1-base-shaped model, 128x192, batch 8, guidance 7.5, seed 1, "
+    print(f"{'warm (editing loop recomputed)' if args.warm else 'cold'} tf run, "
+          f"random SD-2.1-base-shaped model, 128x192, batch 8, guidance 7.5, seed 1, "
           f"1 torch thread, {os.cpu_count()} cores; extra args: {' '.join(args.extra) or 'none'}\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -85,13 +109,21 @@ def main() -> None:
             n, inv_steps, released = RUNS[name]
             model, clip = build(tmp, n)
             first: dict = {}
-            for version, python in versions:
-                out, cache = tmp / f"out-{name}-{version}", tmp / f"cache-{name}-{version}"
+            loops: dict[str, list[float]] = {}
+            cpu: dict[str, list[float]] = {}
+            for (version, python, more), _ in ((v, r) for r in range(args.repeat)
+                                               for v in versions):
+                tag = version.replace("/", "-")
+                out, cache = tmp / f"out-{name}-{tag}", tmp / f"cache-{name}-{tag}"
+                if args.warm:
+                    cache = tmp / f"cache-{name}"
+                    for kind in ("editor", "blender"):
+                        shutil.rmtree(cache / kind, ignore_errors=True)
                 result = tf_run([str(clip), "--model", str(model), "--prompt", "a photo of a cat",
                                  "--size", "192x128", "--steps", "50", "--inversion-steps",
                                  str(inv_steps), "--batch-size", "8", "--guidance", "7.5",
                                  "--seed", "1", "--cache-dir", str(cache), "--out", str(out), "-q",
-                                 *args.extra], env, python=python)
+                                 "--overwrite", *args.extra, *more], env, python=python)
                 doc = json.loads((out / "run.json").read_text())
                 seconds = [doc["cache"][k]["seconds"] for k in KINDS]
                 stats = doc["cache"]["blender"]["stats"]
@@ -103,7 +135,7 @@ def main() -> None:
                                                        mode="r")["keyframes"][...])
                 if args.frames_out:
                     args.frames_out.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(args.frames_out / f"{name}-{version}.npz", frames=frames,
+                    np.savez_compressed(args.frames_out / f"{name}-{tag}.npz", frames=frames,
                                         keyframes=keyframes)
                 old = None
                 if first:
@@ -121,6 +153,14 @@ def main() -> None:
                       + f" | {' / '.join(str(e) for e in evals)} | "
                       f"{' / '.join(f'{p:.1f}' for p in per)} | {dir_size(cache) / 2**20:.1f} | "
                       f"{versus} | {same_kf} |", flush=True)
+                loops.setdefault(version, []).append(seconds[4])
+                cpu.setdefault(version, []).append(result["cpu_seconds"])
+            if args.repeat > 1 or args.warm:
+                for what, values in (("editing loop wall s", loops), ("process CPU s", cpu)):
+                    base = statistics.median(next(iter(values.values())))
+                    print(f"\n{what}, median of {args.repeat} (ratio to the first): " + "; ".join(
+                        f"{v} {statistics.median(t):.1f} ({statistics.median(t) / base:.2f}x)"
+                        for v, t in values.items()), flush=True)
 
 
 if __name__ == "__main__":

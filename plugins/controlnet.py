@@ -41,7 +41,8 @@ class ControlNetParams(PnPParams):
     weights' content is part of the cache key; a relative path that is not in the working
     directory is looked up in the model's directory, where a checkpoint may ship ControlNets); ``control``: the control extractor's name;
     ``control_scale``: the ControlNet's conditioning scale; ``mode``: ``pnp`` or ``sdedit``;
-    ``strength``: SDEdit's strength (mode ``sdedit`` only)."""
+    ``strength``: SDEdit's strength (mode ``sdedit`` only); ``cfg_from`` / ``cfg_until``: the
+    guidance window (``TextParams``)."""
 
     controlnet: str = ""
     control: str = "canny"

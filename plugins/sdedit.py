@@ -34,11 +34,13 @@ from tokenflow import (
 class SDEditParams(TextParams):
     """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
     ``guidance_scale``: CFG scale; ``strength``: the fraction of the editing grid that runs, from
-    the noise level it starts at (1.0 starts from the fully inverted noise)."""
+    the noise level it starts at (1.0 starts from the fully inverted noise); ``cfg_from`` /
+    ``cfg_until``: the guidance window (``TextParams``)."""
 
     strength: float = 0.9
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         check_strength(self.strength)
 
 

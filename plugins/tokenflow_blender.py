@@ -3,6 +3,8 @@
 Per timestep, one UNet call per chunk in which every self-attention layer returns, in each
 branch, the keyframe outputs gathered through the correspondences and blended:
 ``out = w T1 + (1 - w) T2``; the block then continues normally. A DDIM step follows.
+With ``reuse_keyframes`` (off by default; it departs from the method) the keyframes are left out
+of these calls and step with the keyframe call's own prediction.
 """
 
 from __future__ import annotations
@@ -13,16 +15,30 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tokenflow import BLENDER, CORRESPONDENCE, EditStep, Params, StageBase, StageError, hookimpl
+from tokenflow import (
+    BLENDER,
+    CORRESPONDENCE,
+    EditStep,
+    Params,
+    StageBase,
+    StageError,
+    hookimpl,
+    opt_in,
+)
 
 
 @dataclass(frozen=True)
 class TokenFlowBlendParams(Params):
     """``weights``: ``reference`` (released: sigmoid of distances to the chunk centres, reading
     from this chunk's and the previous chunk's keyframes) or ``linear`` (the paper: linear
-    interpolation between the nearest keyframes before and after the frame)."""
+    interpolation between the nearest keyframes before and after the frame).
+    ``reuse_keyframes``: a speed option that changes the output (docs/benchmarks.md): the
+    propagation calls leave the keyframes out and take their next latents from the keyframe
+    call's own prediction instead of propagating into them too, so a step costs 2·N UNet
+    frame-evaluations instead of 2·(N+K). Off by default (the method)."""
 
     weights: Literal["reference", "linear"] = "reference"
+    reuse_keyframes: bool = opt_in(False)
 
 
 def blend_weights(frames, references: np.ndarray, batch_size: int, mode: str) -> np.ndarray:
@@ -83,7 +99,16 @@ class TokenFlowBlender(StageBase):
         slot_of = {f: j for j, f in enumerate(step.keyframes)}
         new = torch.empty_like(step.latents)
         device = step.latents.device
-        for frames in run.call_groups():  # whole chunks, batched for the UNet
+        reuse = self.params.reuse_keyframes
+        if reuse:  # the keyframes step with their own prediction from the keyframe call
+            if step.keyframe_output is None:
+                raise StageError("reuse_keyframes needs the keyframes' model output of this step")
+            x = step.latents[step.keyframes]
+            new[step.keyframes] = step.ddim(step.keyframe_output.to(x), x)
+        for group in run.call_groups():  # whole chunks, batched for the UNet
+            frames = [f for f in group if f not in slot_of] if reuse else group
+            if not frames:
+                continue
             refs = corr.references(step.index, frames)
             try:
                 slots = torch.tensor([[slot_of[int(r)] for r in row] for row in refs], device=device)

@@ -70,9 +70,13 @@ TABLE: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
                        {"editor", "features"}),
     "editor.conv_layers": ({"options": [("editor.conv_layers", "up_blocks.2.resnets.1")]},
                            FROM_FEATURES, {"editor", "features"}),
+    "editor.cfg_from": ({"options": [("editor.cfg_from", "0.2")]}, EDIT, {"editor"}),
+    "editor.cfg_until": ({"options": [("editor.cfg_until", "0.6")]}, EDIT, {"editor"}),
     # tokenflow
     "blender.weights": ({"options": [("blender.weights", "linear")]}, FROM_CORRESPONDENCE,
                         {"blender", "editor", "correspondence"}),
+    "blender.reuse_keyframes": ({"options": [("blender.reuse_keyframes", "true")]}, EDIT,
+                                {"blender", "editor"}),
     # the run config
     "steps": ({"config": {"steps": 8}}, ALL, ALL),
     "batch_size": ({"config": {"batch_size": 2}}, FROM_KEYFRAMES,

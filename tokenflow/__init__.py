@@ -39,7 +39,7 @@ _export("tokenflow.stages",
         "KEYFRAME", "TOKEN_DIMS",
         "Stage", "InversionStage", "FeatureStage", "KeyframeSampler", "CorrespondenceStage",
         "Editor", "Blender", "StageBase", "StageContext", "RunConfig", "StageError")
-_export("tokenflow.params", "Params", "ParamError")
+_export("tokenflow.params", "Params", "ParamError", "opt_in")
 # stores: writing arrays with named dims, reading each kind's layout
 _export("tokenflow.cache.store", "create_array", "write_coord")
 _export("tokenflow.cache.writer", "BackgroundWriter")
@@ -118,7 +118,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from tokenflow.embedded import world
     from tokenflow.hookspecs import hookimpl, hookspec
     from tokenflow.models import Model, ModelError, controlnet_key, load_controlnet, load_model
-    from tokenflow.params import ParamError, Params
+    from tokenflow.params import ParamError, Params, opt_in
     from tokenflow.stages import (
         BLENDER,
         BRANCH,

@@ -17,12 +17,35 @@ class ParamError(ValueError):
     """A stage parameter is unknown or has a value of the wrong type; one line for the user."""
 
 
+#: Field metadata of an :func:`opt_in` parameter.
+OPT_IN = "tokenflow.opt_in"
+
+
 @dataclass(frozen=True)
 class Params:
-    """Base of every stage's parameters. Subclass as a frozen dataclass; every field is hashed."""
+    """Base of every stage's parameters. Subclass as a frozen dataclass; every field is hashed
+    (an :func:`opt_in` field only when it is not at its default)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def key_dict(self) -> dict[str, Any]:
+        """What the cache key hashes: every field, except :func:`opt_in` fields at their
+        default."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get(OPT_IN) and value == f.default:
+                continue
+            out[f.name] = value
+        return out
+
+
+def opt_in(default: Any) -> Any:
+    """A Params field whose default leaves the stage's output exactly as it was before the field
+    existed (an option added later, off by default): at that default it is left out of the cache
+    key, so existing cache entries stay valid; any other value is hashed like every field."""
+    return dataclasses.field(default=default, metadata={OPT_IN: True})
 
 
 def param_fields(params_cls: type[Params]) -> dict[str, tuple[Any, Any]]:

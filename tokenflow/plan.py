@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from tokenflow.cache.keys import stage_key
+from tokenflow.cache.keys import key_params, stage_key
 from tokenflow.params import ParamError, coerce, make_params, param_fields
 from tokenflow.registry import Registry
 from tokenflow.run import Job
@@ -158,7 +158,7 @@ def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
         if kind == EDITOR and BLENDER in stages:
             blender = stages[BLENDER]
             inputs["blender"] = {"name": blender.name, "version": blender.version,
-                                 "params": blender.params}
+                                 "params": key_params(blender.params)}
         if kind == BLENDER:
             upstream[EDITOR] = keys[EDITOR]
         keys[kind] = stage_key(kind=kind, name=stage.name, version=stage.version,

@@ -32,6 +32,13 @@ def canonical_json(value: Any) -> str:
     return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
+def key_params(params: Any) -> Any:
+    """What a key hashes of a stage's parameters: their ``key_dict()`` when they have one
+    (:class:`tokenflow.params.Params`: opt-in fields at their default are left out), else them."""
+    key_dict = getattr(params, "key_dict", None)
+    return key_dict() if callable(key_dict) else params
+
+
 def stage_key(
     *,
     kind: str,
@@ -45,13 +52,15 @@ def stage_key(
 
     ``inputs`` holds the content hashes of what the stage reads besides upstream stores (frames,
     model weights, dtype, run-wide settings such as the timestep grid). Things that cannot change
-    the output (device, memory batch sizes, paths, verbosity) must not be passed.
+    the output (device, memory batch sizes, paths, verbosity) must not be passed. ``params`` is
+    hashed through its ``key_dict()`` when it has one (:class:`tokenflow.params.Params`: opt-in
+    fields at their default are left out).
     """
     doc = {
         "kind": kind,
         "name": name,
         "version": int(version),
-        "params": params,
+        "params": key_params(params),
         "upstream": upstream,
         "inputs": inputs,
     }

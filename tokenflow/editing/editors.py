@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from tokenflow.editing.loop import EditorOutput, EditRun, EditStep, start_latents
-from tokenflow.params import Params
+from tokenflow.params import Params, opt_in
 from tokenflow.stages import (
     CORRESPONDENCE,
     EDITOR,
@@ -50,11 +50,22 @@ PNP_CONV_LAYERS: tuple[str, ...] = ("up_blocks.1.resnets.1",)
 @dataclass(frozen=True)
 class TextParams(Params):
     """What every text-guided editor takes: ``prompt``, the target prompt; ``negative_prompt``,
-    the unconditional branch's text; ``guidance_scale``, the CFG scale."""
+    the unconditional branch's text; ``guidance_scale``, the CFG scale; ``cfg_from`` /
+    ``cfg_until``: a speed option that changes the output (docs/benchmarks.md): classifier-free
+    guidance only on the editing steps from ``int(cfg_from * steps)`` up to (not including)
+    ``int(cfg_until * steps)``, counted from the noisiest; the other steps run the conditional
+    branch alone, with half the UNet work. The defaults 0 and 1 guide every step (the method)."""
 
     prompt: str = ""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     guidance_scale: float = 7.5
+    cfg_from: float = opt_in(0.0)
+    cfg_until: float = opt_in(1.0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.cfg_from <= self.cfg_until <= 1.0:
+            raise ValueError(f"cfg_from {self.cfg_from} and cfg_until {self.cfg_until} must "
+                             "satisfy 0 <= cfg_from <= cfg_until <= 1")
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,15 @@ class PnPParams(TextParams):
     """``prompt``: the target prompt; ``negative_prompt``: the unconditional branch's text;
     ``guidance_scale``: CFG scale; ``pnp_attn_t`` / ``pnp_f_t``: fractions of the editing steps,
     from the noisiest, with query/key and conv injection; ``conv_layers``: the ResNets whose
-    residual is injected (docs/algorithm.md: ``up_blocks.1.resnets.1``)."""
+    residual is injected (docs/algorithm.md: ``up_blocks.1.resnets.1``); ``cfg_from`` /
+    ``cfg_until``: the guidance window (:class:`TextParams`)."""
 
     pnp_attn_t: float = 0.5
     pnp_f_t: float = 0.8
     conv_layers: tuple[str, ...] = PNP_CONV_LAYERS
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("pnp_attn_t", "pnp_f_t"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
@@ -215,40 +228,55 @@ class KeyframeEditor(StageBase):
         conv = run.conv_inputs(i, frames, inject.conv_layers) if i < inject.conv_steps else {}
         return tokens, conv
 
+    def guides(self, step: EditStep) -> bool:
+        """Whether this step uses classifier-free guidance (branches [uncond, cond]) or, outside
+        the ``cfg_from`` .. ``cfg_until`` window of :class:`TextParams`, the conditional branch
+        alone."""
+        steps = len(step.run.timesteps)
+        lo = int(getattr(self.params, "cfg_from", 0.0) * steps)
+        hi = int(getattr(self.params, "cfg_until", 1.0) * steps)
+        return lo <= step.index < hi
+
+    def call_branches(self, step: EditStep, latents: torch.Tensor, frames: list[int],
+                      **instructions) -> torch.Tensor:
+        """One UNet call on ``frames`` (``latents``) in the branches of this step, returning the
+        model output to integrate: CFG of [uncond, cond], or the cond branch alone outside the
+        guidance window. ``instructions`` are ``EditRun.call_unet``'s keywords."""
+        run = step.run
+        guide = self.guides(step)
+        text = run.editor_state["text"]
+        out = run.call_unet(latents, step.timestep, text if guide else text[1:],
+                            n_branches=2 if guide else 1,
+                            extra=self.unet_extra(step, frames), **instructions)
+        return guided(out, self.params.guidance_scale) if guide else out
+
     def edit_step(self, step: EditStep) -> EditorOutput:
         if not self.propagates:
             return self.edit_frames(step)
-        run, frames = step.run, step.keyframes
+        frames = step.keyframes
         inject, conv = self.injections(step, frames)
         keep: dict[str, torch.Tensor] = {}
-        out = run.call_unet(step.latents[frames], step.timestep, run.editor_state["text"],
-                            n_branches=2, extended=self.extended, inject=inject, conv=conv,
-                            keep=keep, extra=self.unet_extra(step, frames))
+        output = self.call_branches(step, step.latents[frames], frames, extended=self.extended,
+                                    inject=inject, conv=conv, keep=keep)
         k = len(frames)
-        tokens = {layer: v.reshape(2, k, *v.shape[1:]) for layer, v in keep.items()}
-        return EditorOutput(tokens=tokens, model_output=guided(out, self.params.guidance_scale))
+        tokens = {layer: v.reshape(-1, k, *v.shape[1:]) for layer, v in keep.items()}
+        return EditorOutput(tokens=tokens, model_output=output)
 
     def predict(self, step: EditStep, frames: list[int], latents: torch.Tensor, *,
                 provide=None) -> torch.Tensor:
         """Guided model output for ``frames`` with conv injection and the given propagation."""
-        run = step.run
         _, conv = self.injections(step, frames, qk=False)
-        out = run.call_unet(latents, step.timestep, run.editor_state["text"], n_branches=2,
-                            conv=conv, provide=provide, extra=self.unet_extra(step, frames))
-        return guided(out, self.params.guidance_scale)
+        return self.call_branches(step, latents, frames, conv=conv, provide=provide)
 
     def edit_frames(self, step: EditStep) -> EditorOutput:
         """Every frame edited on its own (no extended attention, no propagation; the UNet takes
         whole chunks, batched), then a DDIM step: what ``edit_step`` does when ``propagates`` is
         False."""
-        run = step.run
         outputs, latents = [], []
-        for frames in run.call_groups():
+        for frames in step.run.call_groups():
             inject, conv = self.injections(step, frames)
             x = step.latents[frames]
-            out = run.call_unet(x, step.timestep, run.editor_state["text"], n_branches=2,
-                                inject=inject, conv=conv, extra=self.unet_extra(step, frames))
-            g = guided(out, self.params.guidance_scale)
+            g = self.call_branches(step, x, frames, inject=inject, conv=conv)
             outputs.append(g)
             latents.append(step.ddim(g, x))
         return EditorOutput(tokens={}, model_output=torch.cat(outputs), latents=torch.cat(latents))

@@ -189,6 +189,10 @@ class EditStep:
     timestep: int
     latents: torch.Tensor  # (N, c, h, w) current edited latents, float32, on device
     keyframes: list[int]
+    #: The editor's ``model_output`` for :attr:`keyframes` at this step (set by the loop before
+    #: the blender runs; a blender may integrate the keyframes with it instead of predicting
+    #: them again).
+    keyframe_output: torch.Tensor | None = None
 
     def ddim(self, model_output: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM step (eta 0) from this timestep to the next."""
@@ -334,6 +338,7 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
                 step = EditStep(run=run, index=i, timestep=int(t), latents=latents,
                                 keyframes=keyframes)
                 edited = editor.edit_step(step)
+                step.keyframe_output = edited.model_output
                 if edited.latents is not None:
                     latents = edited.latents
                 else:
