@@ -410,7 +410,7 @@ def test_blender_weights_change_correspondence_but_not_features(world: World, ba
     assert changed_keys(doc, baseline.first) == recomputed
     assert cached(doc) == expect(recomputed)
     assert doc["stages"]["correspondence"]["params"] == {"references": "nearest"}
-    assert doc["stages"]["blender"]["params"] == {"weights": "linear"}
+    assert doc["stages"]["blender"]["params"] == {"weights": "linear", "reuse_keyframes": False}
     config, stages = _plan(options=[("weights", "linear")])
     imposed = stages["blender"].upstream_params(config)
     assert imposed == {"correspondence": {"references": "nearest"}}

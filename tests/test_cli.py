@@ -122,7 +122,7 @@ def test_run_json_records_the_run(world: World) -> None:
     assert params["editor"]["guidance_scale"] == 7.5
     assert params["inversion"] == {"prompt": "", "inversion_steps": STEPS}
     assert params["keyframes"] == {"seed": 1}
-    assert params["blender"] == {"weights": "reference"}
+    assert params["blender"] == {"weights": "reference", "reuse_keyframes": False}
     assert params["correspondence"] == {"references": "chunk"}
     assert params["features"]["conv_t"] == params["editor"]["pnp_f_t"]
 
@@ -402,7 +402,7 @@ def test_sd21_layout_with_v_prediction_runs_end_to_end(world: World, tmp_path: P
                           "-o", "weights", "linear")
     assert result.exit_code == 0, result.output
     doc = json.loads((out / "run.json").read_text())
-    assert doc["stages"]["blender"]["params"] == {"weights": "linear"}
+    assert doc["stages"]["blender"]["params"] == {"weights": "linear", "reuse_keyframes": False}
     assert doc["stages"]["correspondence"]["params"] == {"references": "nearest"}
     stats = doc["cache"]["blender"]["stats"]
     assert stats["unet_frame_evals"] == STEPS * 2 * (K + N)
