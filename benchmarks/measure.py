@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,15 +20,22 @@ MEASURE = (
 )
 
 
+#: Where measured processes run (see ``tf_run``).
+NEUTRAL_DIR = tempfile.gettempdir()
+
+
 def tf_run(args: list[str], env: dict, python: str | None = None) -> dict:
     """One `tf run` in its own process: wall time (s), the process's peak RSS (MB) and CPU time
     (s, user + system: less sensitive than wall time to other work on a shared machine).
     ``python``: the interpreter whose tokenflow runs (another checkout's venv, to compare
     commits in one benchmark run); default this one."""
-    python = python or sys.executable
+    python = str(Path(python).absolute()) if python else sys.executable
     start = time.perf_counter()
+    # run outside any checkout: `python -m` puts the working directory first on sys.path, and a
+    # checkout's own tokenflow/ there would shadow the one ``python`` has installed
     out = subprocess.run([python, "-c", MEASURE, python, "-m", "tokenflow.cli",
-                          "run", *args], env=env, capture_output=True, text=True, check=False)
+                          "run", *args], env=env, capture_output=True, text=True, check=False,
+                         cwd=NEUTRAL_DIR)
     seconds = time.perf_counter() - start
     info = json.loads(out.stdout.strip().splitlines()[-1])
     if info["rc"] != 0:
@@ -82,11 +90,11 @@ def tf_run_phases(args: list[str], env: dict, rss_out: Path,
                   python: str | None = None) -> dict:
     """:func:`tf_run` with :data:`PROBE`: also the peak RSS (MB) of each phase of the run,
     sampled (``phases``)."""
-    python = python or sys.executable
+    python = str(Path(python).absolute()) if python else sys.executable
     start = time.perf_counter()
     out = subprocess.run([python, "-c", MEASURE, python, "-c", PROBE, "run", *args],
                          env={**env, "TF_RSS_OUT": str(rss_out)}, capture_output=True,
-                         text=True, check=False)
+                         text=True, check=False, cwd=NEUTRAL_DIR)
     seconds = time.perf_counter() - start
     info = json.loads(out.stdout.strip().splitlines()[-1])
     if info["rc"] != 0:
