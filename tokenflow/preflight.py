@@ -137,7 +137,7 @@ def preflight(job, log: Log | None = None) -> None:
         say(log, f"cache {root}: every stage is cached")
         return
     need = job.estimate_bytes()
-    say(log, f"cache {root}: computing {', '.join(pending)}; about {human_bytes(need)} to write")
+    say(log, f"cache {root}: computing {', '.join(pending)}; up to {human_bytes(need)} to write")
     free = _free_bytes(root)
     if need > free:
         raise EditError(f"the cache needs about {human_bytes(need)} but only "
