@@ -101,13 +101,19 @@ class Int8Grid:
     def quantize(self, member: str, values: torch.Tensor) -> tuple[np.ndarray, int]:
         """(F, ...) values (any device) of ``member``: int8 numpy, and how many were clipped."""
         i = self.members.index(member)
-        shape = [1] * values.dim()
-        shape[self.channel_axis] = -1
+        shape = _along(values.dim(), self.channel_axis)
         s = torch.as_tensor(self.scale[i], device=values.device).reshape(shape)
         o = torch.as_tensor(self.offset[i], device=values.device).reshape(shape)
         q = torch.round((values.to(torch.float32) - o) / s)
         clipped = int((q.abs() > 127).sum())
         return q.clamp_(-127, 127).to(torch.int8).cpu().numpy(), clipped
+
+
+def _along(ndim: int, axis: int) -> list[int]:
+    """The shape that lays a (C,) grid along ``axis`` of an ``ndim``-dimensional array."""
+    shape = [1] * ndim
+    shape[axis] = -1
+    return shape
 
 
 def _check(levels: int) -> None:
@@ -142,8 +148,7 @@ def _affine(norm, channels: int) -> tuple[np.ndarray, np.ndarray]:
 def dequantize(q: np.ndarray, scale: np.ndarray, offset: np.ndarray, channel_axis: int = -1
                ) -> torch.Tensor:
     """float32 values from int8 values on a (C,) grid whose channels lie on ``channel_axis``."""
-    shape = [1] * q.ndim
-    shape[channel_axis] = -1
+    shape = _along(q.ndim, channel_axis)
     return torch.from_numpy(q.astype(np.float32) * scale.reshape(shape) + offset.reshape(shape))
 
 
