@@ -140,6 +140,11 @@ class DDIMInversion(StageBase):
         if resumed and "step" in state:  # latents after step `step`, in slot `slot`
             start = int(state["step"]) + 1
             x_start = torch.from_numpy(np.asarray(slots[state["slot"]][...])).to(model.device)
+            ctx.note(f"inversion: resuming at step {start + 1} of {len(grid)} (an interrupted "
+                     f"run finished steps 1-{start})")
+        elif resumed:
+            ctx.note("inversion: resuming after the frames' encoding (an interrupted run "
+                     "finished it)")
         every = float(ctx.options.get("checkpoint_seconds", 0.0))  # 0: every timestep
         last = [time.monotonic()]
         last_slot = [state.get("slot")]

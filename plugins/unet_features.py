@@ -174,6 +174,11 @@ class UNetFeatures(StageBase):
             if progress is not None:
                 progress.mark(*tags, unet_frame_evals=evals, int8_clipped=clipped)
 
+        if progress is not None and progress.resumed:
+            whole = sum(all(progress.done(f"t{i}:f{s0}:b{batch}") for i in block)
+                        for block, s0 in passes)
+            ctx.note(f"features: resuming; an interrupted run stored {whole} of {len(passes)} "
+                     "blocks of timesteps and frames")
         with ctx.bar(len(steps) * -(-n // batch), "features") as bar, \
                 BackgroundWriter() as writer:
             for block, s0 in passes:

@@ -376,7 +376,9 @@ def test_ctrl_c_exits_130_and_leaves_only_complete_entries(world: World, tmp_pat
     stderr = err_path.read_text(errors="replace")
     assert code == 130, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1].strip() == "interrupted", stderr
+    assert stderr.strip().splitlines()[-1].strip() == (
+        "interrupted: run the same command again to resume (finished work is kept in the stage "
+        "cache)"), stderr
     assert cache_state(cache) == before  # the interrupted stage left nothing, lost nothing
     assert not leftovers(cache), leftovers(cache)
     assert not (tmp_path / "out").exists()

@@ -627,3 +627,32 @@ def test_progress_marks_several_units_in_one_write_and_clears_a_killed_writes_le
     assert again.done("t0:f0") and again.done("t1:f0") and again.state == {"evals": 4}
     assert not stale.exists()
     assert not Progress(path, "another key").resumed
+
+
+def test_the_plan_line_says_what_is_reused_resumed_and_computed(tmp_path: Path) -> None:
+    """The first line of a run (tokenflow.preflight.plan_line): reused, resumed (a partial
+    store with progress) and computed stages, the bytes and the cache folder."""
+    import os
+    from types import SimpleNamespace
+
+    from tokenflow.cache.store import Progress, StageCache
+    from tokenflow.preflight import plan_line
+
+    cache = StageCache(tmp_path / "cache")
+    names = {"inversion": "ddim", "features": "unet", "editor": "pnp", "blender": "tokenflow"}
+    keys = {kind: f"{kind}-key".ljust(32, "0") for kind in names}
+    job = SimpleNamespace(stages={k: SimpleNamespace(name=n) for k, n in names.items()},
+                          keys=keys, base=SimpleNamespace(cache=cache))
+    partial = cache.partial_path("blender", "tokenflow", keys["blender"])
+    partial.mkdir(parents=True)
+    Progress(cache.progress_path(partial), keys["blender"]).mark("step:0", "step:1")
+    line = plan_line(job, ["features", "editor", "blender"], 3 * 2**20)
+    assert line == ("stage cache: reusing inversion; resuming blender (left partly done by an "
+                    "interrupted run); computing features, editor; up to 3.0 MB to write to "
+                    f"{tmp_path / 'cache'}{os.sep}")
+    assert cache.partial_units("blender", "tokenflow", keys["blender"]) == 2
+    # progress of another key (a stale file) is not a resume
+    Progress(cache.progress_path(partial), "other").mark("step:0")
+    assert "resuming" not in plan_line(job, ["blender"], 0)
+    assert plan_line(job, [], 0) == ("stage cache: every stage is cached (inversion, features, "
+                                     f"editor, blender) in {tmp_path / 'cache'}{os.sep}")

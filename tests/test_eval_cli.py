@@ -169,3 +169,32 @@ def test_compare_refuses_bad_requests(compared, tmp_path) -> None:
         assert result.exit_code == code, result.output
         errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
         assert len(errors) == 1 and needle in errors[0], result.output
+
+
+def test_a_warp_error_below_the_sources_comes_with_its_caveat(translate, tmp_path) -> None:
+    """An "edit" that lost all texture (flat grey) warps perfectly: tf eval says next to the
+    figure and in a note that lost detail can cause a warp error below the source's own."""
+    frames = read_video(translate["frames"]).frames
+    flat = tmp_path / "flat"
+    write_frames(flat, np.full_like(frames, 128))
+    result = _invoke("eval", translate["frames"], flat)
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.stdout.splitlines() if x.startswith("warp err (x1e3)"))
+    assert "below the source's own" in line and "lost detail" in line, line
+    assert "is below the source's own" in result.output and "loses the source's detail" in result.output
+    same = _invoke("eval", translate["frames"], translate["frames"])  # equal to, not below
+    assert "below the source's own" not in same.output
+
+
+def test_compare_marks_warp_errors_below_the_sources() -> None:
+    from tokenflow.eval.compare import BELOW_MARK, MethodResult, table_rows
+
+    source = {"aggregate": {"warp_error": 2e-3, "warp_error_long": 3e-3}}
+    def result(label, warp):
+        agg = {"warp_error": warp, "warp_error_source": 2e-3, "warp_error_long": 4e-3,
+               "warp_error_long_source": 3e-3}
+        return MethodResult(parse_method(label), np.zeros((1, 1, 1, 3), np.uint8), {}, {"steps": 1},
+                            0.0, True, {"aggregate": agg})
+    _, rows = table_rows(source, [result("pnp", 1e-3), result("pnp-frames", 2.5e-3)])
+    assert rows[1][1] == "1" + BELOW_MARK and rows[1][2] == "4"  # t+1 below, t+k above
+    assert rows[2][1] == "2.5"

@@ -4,6 +4,9 @@ to float rounding; and the memory helpers (release_memory, the streaming video w
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -166,10 +169,26 @@ def test_state_bind():
 # ----------------------------------------------------------------------------- memory helpers
 
 
-def test_release_memory_runs():
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's malloc_trim/mallopt")
+def test_release_memory_gives_freed_heap_pages_back():
     from tokenflow.memory import release_memory
 
-    assert release_memory() in (True, False)
+    blocks = [bytearray(64 * 1024) for _ in range(800)]  # below the mmap threshold: heap
+    del blocks
+    assert release_memory() is True  # 50 MB of free heap pages returned
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc's mallopt")
+def test_limit_arenas_respects_the_users_setting(monkeypatch):
+    from tokenflow.memory import limit_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_arenas(2) is False  # the user's choice wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_arenas(8) is True  # (8 per core is glibc's own default order of magnitude)
 
 
 def test_video_writer_chunks_equal_one_write(tmp_path):

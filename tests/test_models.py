@@ -110,6 +110,12 @@ def test_load_none_gives_the_embedded_model() -> None:
     # every editor shares one feature store: it keeps what PnP's defaults inject
     assert m.defaults["features.conv_layers"] == m.defaults["editor.conv_layers"]
     assert m.defaults["features.conv_t"] == m.defaults["editor.pnp_f_t"]
+    from tokenflow.embedded.train import EMBEDDED_VOCABULARY
+    from tokenflow.embedded.world import WORDS
+
+    assert m.vocabulary is not None and m.vocabulary.words == frozenset(WORDS)
+    assert dict(m.vocabulary.lost_in_edits) == EMBEDDED_VOCABULARY["lost_in_edits"]
+    assert dict(m.vocabulary.not_added_by_edits) == EMBEDDED_VOCABULARY["not_added_by_edits"]
     assert m.tokenizer.model_max_length == 32
     assert m.scaling_factor != pytest.approx(0.18215)  # measured on its own latents
     assert load_model(None, device="cpu").key == m.key
@@ -247,3 +253,18 @@ def test_error_missing_component(tf_tiny_model_dir: Path, tmp_path: Path) -> Non
     shutil.rmtree(directory / "vae")
     with pytest.raises(ModelError, match="missing vae/"):
         load_model(directory, device="cpu")
+
+
+def test_tokenflow_json_vocabulary(tf_tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint's declared vocabulary reaches the loaded model; a malformed one is a one-line
+    model error; none declared: no vocabulary (no notes about prompt words)."""
+    assert load_model(str(tf_tiny_model_dir), device="cpu").vocabulary is None
+    directory = _copy(tf_tiny_model_dir, tmp_path / "vocab")
+    (directory / "tokenflow.json").write_text(json.dumps(
+        {"vocabulary": {"words": ["A", "red", "ball"], "lost_in_edits": {"Dotted": "why"}}}))
+    vocabulary = load_model(str(directory), device="cpu").vocabulary
+    assert vocabulary.words == {"a", "red", "ball"} and dict(vocabulary.lost_in_edits) == {"dotted": "why"}
+    assert dict(vocabulary.not_added_by_edits) == {}
+    (directory / "tokenflow.json").write_text(json.dumps({"vocabulary": ["a", "red"]}))
+    with pytest.raises(ModelError, match="tokenflow.json.*vocabulary"):
+        load_model(str(directory), device="cpu")

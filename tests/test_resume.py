@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,6 +83,11 @@ KILL_POINTS = {
 }
 
 
+RESUME_NOTES = {"inversion": "inversion: resuming at step ",
+                "features": "features: resuming; an interrupted run stored ",
+                "editing": "editing loop: resuming at step "}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_a_killed_run_resumes_bit_identically(setup, point: str) -> None:
@@ -99,9 +105,16 @@ def test_a_killed_run_resumes_bit_identically(setup, point: str) -> None:
     assert not out.exists()
     done_before = len(_progress(cache, kind).get("done", []))
     assert done_before >= 1
-    rerun = subprocess.run(cmd, env=setup["env"], capture_output=True, text=True, timeout=600,
-                           check=False)
+    rerun = subprocess.run([a for a in cmd if a != "-q"], env=setup["env"],
+                           capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr
+    # the rerun says what it reuses, what it resumes and where
+    plan = next(line for line in rerun.stderr.splitlines() if line.startswith("stage cache: "))
+    resumed = re.search(r"resuming ([a-z, ]+) \(left partly done by an interrupted run\)", plan)
+    assert resumed and kind in resumed.group(1).split(", "), plan
+    if point != "inversion":
+        assert "reusing inversion" in plan, plan
+    assert RESUME_NOTES[point] in rerun.stderr, rerun.stderr
     np.testing.assert_array_equal(_frames(out), _frames(setup["reference"]))
     assert (out / "edited.mp4").read_bytes() == (setup["reference"] / "edited.mp4").read_bytes()
     assert not list(cache.glob("*/.*.partial*")) and not list(cache.glob("*/.*.tmp-*"))

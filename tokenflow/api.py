@@ -39,7 +39,7 @@ from tokenflow.preflight import (
     say,
 )
 from tokenflow.params import ParamError
-from tokenflow.stages import BLENDER, EDITOR, FEATURES, KINDS, RunConfig, StageError
+from tokenflow.stages import BLENDER, EDITOR, FEATURES, INVERSION, KINDS, RunConfig, StageError
 
 #: Environment variable: the default stage-cache directory (else ``./cache``).
 CACHE_ENV = "TOKENFLOW_CACHE_DIR"
@@ -237,12 +237,24 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
     return job
 
 
+def prompt_notes(job) -> list[str]:
+    """``note:`` lines on the prompt words of a planned job that its model cannot use (the
+    vocabulary a checkpoint declares, :mod:`tokenflow.models.vocabulary`); none without one."""
+    vocabulary = job.base.model.vocabulary
+    if vocabulary is None:
+        return []
+    prompt_of = {kind: getattr(stage.params, "prompt", None) for kind, stage in job.stages.items()}
+    source = prompt_of.get(INVERSION) or ""
+    return vocabulary.notes(prompt_of.get(EDITOR) or "", source)
+
+
 # --------------------------------------------------------------------------------- running
 
 
 def run_job(job, log: Log | None = None) -> dict:
     """Preflight, then run a planned job; any error becomes an :class:`EditError` whose message
     names the stage and the plugin whose code raised it."""
+    job.base.log = log
     try:
         preflight(job, log)
         return job.run()
@@ -351,6 +363,8 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
                     batch_size=batch_size, cache_dir=root, pm=pm, registry=registry,
                     unet_batch=unet_batch, cache_budget=cache_budget, quiet=quiet,
                     progress=progress)
+    for line in prompt_notes(job):
+        note(line)
     out = Path(out) if out is not None else None
     try:
         if out is not None:
@@ -404,6 +418,8 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
                     inversion_steps=inversion_steps, batch_size=batch_size, until=FEATURES,
                     cache_dir=root, pm=pm, registry=registry, unet_batch=unet_batch,
                     cache_budget=cache_budget, quiet=quiet, progress=progress)
+    for line in prompt_notes(job):
+        say(log, line)
     results = run_job(job, log)
     result = InvertResult(job=job, results=results, source=source)
     if check:

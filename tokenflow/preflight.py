@@ -88,9 +88,11 @@ def check_memory(model, n: int, height: int, width: int, size) -> None:
             "--frames")
 
 
-#: The most frames per UNet call that ``unet_batch="auto"`` picks off CUDA (measured on 2 CPU
-#: cores: 8 -> 32 frames a call is 17 % cheaper per frame; beyond, no gain but more memory).
-CPU_UNET_BATCH = 32
+#: The most frames per branch of a UNet call that ``unet_batch="auto"`` picks off CUDA. Measured
+#: on 2 CPU cores (docs/benchmarks.md, "Memory"): 16 costs the same wall time as 32 within the
+#: machine's noise (the loop's guided calls then hold 32 frames) and keeps peak memory flat from
+#: 16 frames of video up; 8 is about 17 % dearer per frame.
+CPU_UNET_BATCH = 16
 
 
 def auto_unet_batch(model, n_frames: int, batch_size: int, latent_hw: tuple[int, int]) -> int:
@@ -119,6 +121,28 @@ def _free_bytes(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+def plan_line(job, pending: list[str], need: int) -> str:
+    """One line on what a run will do with the cache: the stages it reuses, resumes (an
+    interrupted run left their partial stores) and computes, and the ``need`` bytes it may
+    write."""
+    cache = job.base.cache
+    folder = f"{cache.root}{os.sep}"
+    reused = [k for k in job.stages if k not in pending]
+    resumed = [k for k in pending
+               if cache.partial_units(k, job.stages[k].name, job.keys[k]) > 0]
+    fresh = [k for k in pending if k not in resumed]
+    parts = []
+    if not pending:
+        return f"stage cache: every stage is cached ({', '.join(reused)}) in {folder}"
+    if reused:
+        parts.append(f"reusing {', '.join(reused)}")
+    if resumed:
+        parts.append(f"resuming {', '.join(resumed)} (left partly done by an interrupted run)")
+    if fresh:
+        parts.append(f"computing {', '.join(fresh)}")
+    return f"stage cache: {'; '.join(parts)}; up to {human_bytes(need)} to write to {folder}"
+
+
 def preflight(job, log: Log | None = None) -> None:
     """Before any work: every store to write must be writable, and the cache must have room."""
     root = job.base.cache.root
@@ -133,11 +157,10 @@ def preflight(job, log: Log | None = None) -> None:
         except OSError as exc:
             raise EditError(f"the cache directory {folder} is not writable "
                             f"({exc.strerror or exc}); pass another --cache-dir") from None
+    need = job.estimate_bytes() if pending else 0
+    say(log, plan_line(job, pending, need))
     if not pending:
-        say(log, f"cache {root}: every stage is cached")
         return
-    need = job.estimate_bytes()
-    say(log, f"cache {root}: computing {', '.join(pending)}; up to {human_bytes(need)} to write")
     free = _free_bytes(root)
     if need > free:
         raise EditError(f"the cache needs about {human_bytes(need)} but only "

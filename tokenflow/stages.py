@@ -290,13 +290,22 @@ class StageContext:
     #: Called as ``on_progress(description, done, total)`` while long work advances (a front
     #: end's progress display); None for none.
     on_progress: Any = None
+    #: Where :meth:`note` lines go (``log(text)``; the CLI's stderr); None for nowhere.
+    log: Any = None
+
+    def note(self, text: str) -> None:
+        """Tell the user something worth knowing about this stage's work (one line, e.g. where
+        a resumed stage starts again); nothing when quiet or without a log."""
+        if self.log is not None and not self.quiet:
+            self.log(text)
 
     def bar(self, total: int, desc: str):
         """A progress bar on stderr (a no-op one when quiet) that also reports to
-        ``on_progress``. Use it as a context manager and call ``update(n)``."""
+        ``on_progress``. Use it as a context manager and call ``update(n)``; the finished bar
+        stays on screen (what was computed, in how long)."""
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc=desc, disable=self.quiet, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=total, desc=desc, disable=self.quiet, leave=True, dynamic_ncols=True)
         if self.on_progress is None:
             return bar
         return _ReportingBar(bar, self.on_progress, desc, total)

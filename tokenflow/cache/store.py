@@ -209,6 +209,18 @@ class StageCache:
         final = self.path(kind, name, key)
         return final.with_name(f".{final.stem}.partial.zarr")
 
+    def partial_units(self, kind: str, name: str, key: str) -> int:
+        """Units of work an interrupted run of this entry finished (0: nothing to resume). Reads
+        the progress file only; safe while another process holds the entry's lock."""
+        partial = self.partial_path(kind, name, key)
+        try:
+            doc = json.loads(self.progress_path(partial).read_text())
+        except (OSError, ValueError):
+            return 0
+        if not partial.is_dir() or not isinstance(doc, dict) or doc.get("key") != key:
+            return 0
+        return len(doc.get("done", []))
+
     @staticmethod
     def progress_path(partial: Path) -> Path:
         """Beside the partial store (a file inside it would not be part of the Zarr hierarchy)."""

@@ -11,6 +11,7 @@ import click
 
 from tokenflow import __version__
 from tokenflow.cli.common import DEBUG_ENV
+from tokenflow.memory import limit_arenas
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,10 +33,12 @@ def main() -> None:
     # zarr's notice that the int8 feature store's delta codec is outside the zarr v3
     # specification (tokenflow.cache.quantized): expected, and no concern of the command's user
     warnings.filterwarnings("ignore", message="Numcodecs codecs are not in the Zarr version 3")
+    limit_arenas()  # peak memory that does not depend on which thread freed what
     try:
         code = cli.main(standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted", err=True)
+        click.echo("interrupted: run the same command again to resume (finished work is kept "
+                   "in the stage cache)", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `tf`: the help text, not an error

@@ -189,7 +189,12 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
                                         "steps": steps, "flow": flow_method,
                                         "long_range": long_range})
     if not quiet:
-        click.echo(written["table.md"].read_text().split("\n\n", 1)[-1].rsplit("\n\n", 1)[0])
+        from tokenflow.eval.compare import BELOW_LEGEND, BELOW_MARK
+
+        table = written["table.md"].read_text().split("\n\n")[1]  # title, table, legend(s)
+        click.echo(table)
+        if BELOW_MARK in table:
+            click.echo(BELOW_LEGEND)
         seen = set()
         for r in results:
             for note in r.metrics.get("notes", []):

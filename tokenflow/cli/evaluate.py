@@ -24,14 +24,19 @@ def scorer_instances(pm, names, clip):
 
 def print_metrics(doc: dict, quiet: bool) -> None:
     from tokenflow.eval.compare import TABLE_METRICS
+    from tokenflow.eval.metrics import below_source
 
     agg = doc["aggregate"]
+    low = below_source(agg)
     for name, header, lower in TABLE_METRICS:
         if name in agg:
             scale = 1e3 if "warp" in name else 1.0
             value = agg[name]
             shown = "n/a" if value is None or math.isnan(value) else f"{value * scale:.4g}"
-            click.echo(f"{header:<26} {shown:>10}   ({'lower' if lower else 'higher'} is better)")
+            caveat = (f"; below the source's own {low[name] * scale:.4g}: lost detail can cause "
+                      "that, see the note" if name in low else "")
+            click.echo(f"{header:<26} {shown:>10}   ({'lower' if lower else 'higher'} is "
+                       f"better{caveat})")
     for name in sorted(k for k in agg if k.startswith("score_")):
         label, value = name.removeprefix("score_"), agg[name]
         shown = "n/a" if value is None else f"{value:.4g}"

@@ -321,6 +321,8 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
             while resume < steps and all(p.done(f"step:{resume}") for p in progress):
                 resume += 1
         if resume:
+            ctx.note(f"editing loop: resuming at step {resume + 1} of {steps} (an interrupted "
+                     f"run finished steps 1-{resume})")
             latents = torch.from_numpy(np.asarray(bl_lat[resume - 1])).to(run.x0.device)
             latents = latents.contiguous()
             counters = progress[-1].state
@@ -328,7 +330,9 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
             run.unet_frames = int(counters.get("unet_frames", 0))
         else:
             latents = editor.initial_latents(run).contiguous()
-        with ctx.bar(steps, f"edit ({editor.name} + {blender.name})") as bar:
+        what = (f"{editor.name} + {blender.name}" if getattr(editor, "propagates", True)
+                else f"{editor.name}, every frame edited alone")
+        with ctx.bar(steps, f"edit ({what})") as bar:
             bar.update(resume)
             for j, t in enumerate(ran):
                 if j < resume:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from tokenflow.embedded.world import random_scene, render
+from tokenflow.embedded.world import WORDS, random_scene, render
 
 RESOLUTION = 64
 TEXT_LENGTH = 32
@@ -42,6 +42,20 @@ VAE_CONFIG = dict(
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16,
 )
+
+
+#: The words of the world's captions, declared in the exported ``tokenflow.json`` so that a run
+#: names the prompt words the model cannot use (``tokenflow.models.vocabulary``). Seen on the
+#: example clips (2026-11-30): edits keep an object's shape and take the new colour or background
+#: but lose its stripes and dots; a checkered floor stays where the source has one and is never
+#: drawn anew (issue 13 is the model that draws textures).
+_TEXTURES = "this model's edits keep an object's shape and colour but lose its stripes and dots"
+EMBEDDED_VOCABULARY = {
+    "words": list(WORDS),
+    "lost_in_edits": {"striped": _TEXTURES, "dotted": _TEXTURES},
+    "not_added_by_edits": {"checkered": "this model keeps a checkered floor the source has but "
+                                        "does not draw a new one"},
+}
 
 
 #: Stage parameters the exported model suggests (its ``tokenflow.json``; any checkpoint may carry
@@ -469,6 +483,7 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
         "label": "tokenflow's embedded model: a tiny SD-shaped latent diffusion model trained on "
                  "procedural scenes (tokenflow.embedded.world) at 64x64",
         "trained_steps": {"unet": state["step"]},
+        "vocabulary": EMBEDDED_VOCABULARY,
         "defaults": EMBEDDED_DEFAULTS,
     }, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from tokenflow.eval.metrics import LOST_DETAIL, below_source
+
 #: Aggregate metrics shown in tables, in order, with a short header and whether lower is better.
 TABLE_METRICS: list[tuple[str, str, bool]] = [
     ("warp_error", "warp err (x1e3)", True),
@@ -152,8 +154,14 @@ def _fmt(value: Any, scale: float = 1.0) -> str:
     return f"{value * scale:.3g}" if isinstance(value, float) else str(value)
 
 
+#: Marks a warp error below the source's own in the table (explained under it).
+BELOW_MARK = " *"
+BELOW_LEGEND = f"*: below the source's own warp error; {LOST_DETAIL}."
+
+
 def table_rows(source_metrics: dict, results: list[MethodResult]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (the source itself first, as the floor)."""
+    """Header and rows of the comparison table (the source itself first, as the floor); a warp
+    error below the source's own is marked :data:`BELOW_MARK`."""
     score_names = sorted({k for r in results for k in r.metrics.get("aggregate", {})
                           if k.startswith("score_")})
     header = ["method", *[h for _, h, _ in TABLE_METRICS], *score_names,
@@ -165,8 +173,10 @@ def table_rows(source_metrics: dict, results: list[MethodResult]) -> tuple[list[
                  *["" for _ in score_names], "", ""])
     for r in results:
         agg = r.metrics.get("aggregate", {})
+        low = below_source(agg)
         evals = r.stats.get("unet_frame_evals", 0) / max(1, r.stats.get("steps", 1))
         rows.append([r.method.label, *[_fmt(agg.get(m), 1e3 if "warp" in m else 1.0)
+                                       + (BELOW_MARK if m in low else "")
                                        for m, _, _ in TABLE_METRICS],
                      *[_fmt(agg.get(s)) for s in score_names], f"{evals:g}",
                      "cached" if r.cached else f"{r.seconds:.1f}"])
@@ -201,6 +211,8 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
                   "edit over the source's; flow EPE: the edit's own flow vs the source's (px); "
                   "edge F1: Canny edges of edit vs source. Lower is better except edge F1 and "
                   "scores.")
+        if any(BELOW_MARK in cell for row in rows for cell in row):
+            legend += "\n\n" + BELOW_LEGEND
         (tmp / "table.md").write_text(f"{context.get('title', '')}\n\n{markdown(header, rows)}\n"
                                       f"{legend}\n")
         doc = {**context, "source": source_metrics,

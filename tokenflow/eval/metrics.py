@@ -215,6 +215,25 @@ METRICS = ("warp_error", "warp_error_source", "warp_error_long", "warp_error_lon
            "flicker", "flicker_source", "flicker_ratio")
 
 
+#: Warp errors and the source's own, measured the same way (the estimator's floor).
+SOURCE_FLOORS = {"warp_error": "warp_error_source", "warp_error_long": "warp_error_long_source"}
+#: Why an edit's warp error below the source's own is no proof of consistency.
+LOST_DETAIL = ("an edit that loses the source's detail (texture, fine edges) leaves less to warp "
+               "wrongly, so a warp error below the source's is not by itself a more consistent "
+               "edit; check edge F1 and look at the frames")
+
+
+def below_source(aggregate: dict) -> dict[str, float]:
+    """The warp errors of ``aggregate`` that are below the source's own, with the source's."""
+    out = {}
+    for name, floor in SOURCE_FLOORS.items():
+        value, base = aggregate.get(name), aggregate.get(floor)
+        if value is not None and base is not None and np.isfinite(value) and np.isfinite(base) \
+                and value < base:
+            out[name] = float(base)
+    return out
+
+
 def evaluate(source: np.ndarray, edited: np.ndarray, *, flow_method: str = "dis", long_range: int = 4,
              source_flows: Flows | None = None) -> Report:
     """Temporal consistency and structure preservation of ``edited`` against ``source``.
@@ -276,6 +295,9 @@ def evaluate(source: np.ndarray, edited: np.ndarray, *, flow_method: str = "dis"
     agg["flicker_ratio"] = _ratio(agg["flicker"], agg["flicker_source"])
     if short and agg["flicker_source"] == 0 and agg["flicker"] > 0:
         notes.append("the source is static (no flicker): flicker_ratio is undefined (NaN)")
+    for name, floor in below_source(agg).items():
+        notes.append(f"{name} ({agg[name] * 1e3:.3g}e-3) is below the source's own "
+                     f"({floor * 1e3:.3g}e-3): {LOST_DETAIL}")
     empty = [p for p in short + long if not source_flows.valid[p].any()]
     if empty:
         notes.append(f"{len(empty)} pair(s) have no valid pixel (their warp errors are NaN), e.g. {empty[0]}")

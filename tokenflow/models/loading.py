@@ -36,6 +36,7 @@ from tokenflow.models.checkpoints import (
     read_json,
 )
 from tokenflow.models.hashing import directory_key
+from tokenflow.models.vocabulary import Vocabulary
 from tokenflow.oneline import error_line
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -93,6 +94,9 @@ class Model:
     defaults: dict[str, Any] = field(default_factory=dict)
     #: The checkpoint's directory (a Hub snapshot for Hub ids; None for models built in memory).
     root: Path | None = None
+    #: The words the model knows, if its ``tokenflow.json`` declares them
+    #: (:class:`tokenflow.models.vocabulary.Vocabulary`); None: no notes about prompt words.
+    vocabulary: Vocabulary | None = None
 
     @property
     def vae_scale_factor(self) -> int:
@@ -265,5 +269,9 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
         if next(module.parameters()).dtype != dtype:  # cast only if needed: diffusers warns on every dtype .to()
             module.to(dtype=dtype)
         module.to(device).eval().requires_grad_(False)
+    try:
+        vocabulary = Vocabulary.from_json(extra.get("vocabulary"))
+    except ValueError as exc:
+        raise ModelError(f"{model_id}: tokenflow.json: {exc}") from None
     return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label,
-                 defaults=dict(extra.get("defaults", {})), root=root)
+                 defaults=dict(extra.get("defaults", {})), root=root, vocabulary=vocabulary)
