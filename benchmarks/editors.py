@@ -139,7 +139,8 @@ def main() -> None:
         print(f"| {label} | {diff_pnp:.2f} | {diff_src:.2f} | {colour:.0%} | {iou:.3f} | "
               f"{kept:.0%} | {flicker:+.2f} | {timing} |")
         rows.append((label, out))
-    from tokenflow.eval.figures import contact_sheet, write_png
+    from tokenflow.frame_figures import contact_sheet
+    from tokenflow.video import write_png
 
     write_png(args.sheet, contact_sheet([("source", frames), *rows], 6))
     print(f"contact sheet: {args.sheet}")

@@ -614,6 +614,190 @@ def test_tf_cache_ls_text(world: World, baseline: Baseline) -> None:
         assert any(line.startswith(kind) and key[:16] in line for line in result.stdout.splitlines())
 
 
+def test_entries_record_the_source_video_name(world: World, baseline: Baseline) -> None:
+    entries = {e.key: e for e in StageCache(world.cache).entries()}
+    assert {entries[key].video for key in baseline.first["keys"].values()} == {world.clip.name}
+    result = world.invoke("cache", "ls", "--cache-dir", str(world.cache))
+    for kind, key in baseline.first["keys"].items():
+        (line,) = [line for line in result.stdout.splitlines() if key[:16] in line]
+        assert line.split()[:4] == [kind, baseline.first["stages"][kind]["name"], key[:16],
+                                    world.clip.name]
+
+
+def _consolidated(path: str | Path) -> dict | None:
+    return json.loads((Path(path) / "zarr.json").read_text()).get("consolidated_metadata")
+
+
+def test_complete_stores_have_consolidated_metadata_and_open_without_a_warning(
+        world: World, baseline: Baseline) -> None:
+    import warnings
+
+    from tokenflow.cache.quantized import quiet_numcodecs
+    from tokenflow.cache.store import MANIFEST
+
+    for kind in KINDS:
+        path = baseline.first["cache"][kind]["path"]
+        consolidated = _consolidated(path)
+        assert consolidated is not None, kind
+        members = set(consolidated["metadata"])
+        assert {g.strip("/") for g in _groups(path)[1:]} <= members and MANIFEST not in members
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_numcodecs()  # zarr's notice about the int8 store's codec (cache/README.md)
+            xr.open_datatree(path, engine="zarr")
+            for group in _groups(path):  # xarray's defaults: consolidated metadata if present
+                xr.open_zarr(path, group=None if group == "/" else group.lstrip("/"))
+        assert [str(w.message) for w in caught] == [], kind
+    result = world.invoke("cache", "verify", "--cache-dir", str(world.cache))
+    assert result.exit_code == 0, result.output  # the manifest hashes the consolidated zarr.json
+
+
+def test_entries_without_consolidated_metadata_still_read(world: World, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokenflow.cache.store as store
+
+    cache = tmp_path / "cache"
+    with monkeypatch.context() as patch:  # as an older tokenflow wrote them
+        patch.setattr(store, "consolidate", lambda path: None)
+        first = world.run(cache=cache)
+    assert all(_consolidated(first["cache"][kind]["path"]) is None for kind in KINDS)
+    second = world.run(cache=cache)
+    assert cached(second) == expect(set()) and second["keys"] == first["keys"]
+    assert world.invoke("cache", "verify", "--cache-dir", str(cache)).exit_code == 0
+    assert len(StageCache(cache).entries()) == len(KINDS)
+    ds = xr.open_zarr(first["cache"]["blender"]["path"], consolidated=False)
+    np.testing.assert_array_equal(ds["frames"].values,
+                                  zarr.open_group(second["cache"]["blender"]["path"])["frames"][...])
+
+
+# --------------------------------------------------------------------------------------------- tf cache ls / rm
+
+
+@pytest.fixture
+def listed(tf_cache: StageCache) -> dict[str, Path]:
+    """Five entries written one after the other (by key prefix): two videos, an entry of an
+    older tokenflow (no video recorded), sizes that differ, two keys sharing "aaaa"."""
+    plan = [("features", "unet", "aaaa1", "a.mp4", 10), ("inversion", "ddim", "bbbb2", "b.mp4", 2000),
+            ("features", "unet", "cccc3", "b.mp4", 400), ("blender", "tokenflow", "dddd4", None, 30),
+            ("inversion", "ddim", "aaaa5", "a.mp4", 5)]
+    paths = {}
+    for kind, name, key, video, n in plan:
+        with tf_cache.writer(kind, name, key.ljust(64, "0"), video=video) as group:
+            create_array(group, "data", dims=("frame",),
+                         data=np.random.default_rng(n).integers(0, 255, n, dtype=np.uint8))
+        paths[key] = tf_cache.path(kind, name, key.ljust(64, "0"))
+    return paths
+
+
+def _tf(*args: str):
+    from click.testing import CliRunner
+
+    from tokenflow.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def _ls(cache: StageCache, *args: str) -> list[list[str]]:
+    result = _tf("cache", "ls", "--cache-dir", str(cache.root), *args)
+    assert result.exit_code == 0, result.output
+    return [line.split() for line in result.stdout.splitlines()]
+
+
+def _human(path: Path) -> str:
+    from tokenflow.preflight import human_bytes
+
+    return human_bytes(dir_size(path))
+
+
+def test_tf_cache_ls_has_a_header_video_date_and_size_columns(tf_cache, listed) -> None:
+    import time
+
+    header, *rows = _ls(tf_cache)
+    assert header == ["KIND", "NAME", "KEY", "VIDEO", "COMPLETED", "SIZE", "PARAMS"]
+    assert [r[2][:5] for r in rows] == ["aaaa1", "bbbb2", "cccc3", "dddd4", "aaaa5"]  # by date
+    assert [r[3] for r in rows] == ["a.mp4", "b.mp4", "b.mp4", "-", "a.mp4"]
+    today = time.strftime("%Y-%m-%d")
+    assert all(r[4] == today and re.fullmatch(r"\d\d:\d\d", r[5]) for r in rows)
+    assert all(" ".join(r[6:8]) == _human(listed[r[2][:5]]) for r in rows)
+    text = _tf("cache", "ls", "--cache-dir", str(tf_cache.root)).stdout.splitlines()
+    starts = [text[0].index(column) for column in ("NAME", "KEY", "VIDEO", "COMPLETED")]
+    assert all(line[s - 2:s] == "  " and line[s] != " " for line in text for s in starts)
+
+
+@pytest.mark.parametrize("sort, order", [
+    ("date", ["aaaa1", "bbbb2", "cccc3", "dddd4", "aaaa5"]),  # oldest first
+    ("kind", ["bbbb2", "aaaa5", "aaaa1", "cccc3", "dddd4"]),  # pipeline order, then date
+    ("size", ["bbbb2", "cccc3", "dddd4", "aaaa1", "aaaa5"]),  # largest first
+    ("video", ["aaaa5", "aaaa1", "bbbb2", "cccc3", "dddd4"]),  # by name (none last), pipeline
+])
+def test_tf_cache_ls_sorts(tf_cache, listed, sort: str, order: list[str]) -> None:
+    assert [r[2][:5] for r in _ls(tf_cache, "--sort", sort)[1:]] == order
+    result = _tf("cache", "ls", "--cache-dir", str(tf_cache.root), "--json", "--sort", sort)
+    assert [e["key"][:5] for e in json.loads(result.stdout)] == order
+
+
+def test_tf_cache_ls_json_keeps_every_field(tf_cache, listed) -> None:
+    from datetime import datetime
+
+    result = _tf("cache", "ls", "--cache-dir", str(tf_cache.root), "--json")
+    doc = json.loads(result.stdout)
+    by_key = {e.key: e for e in tf_cache.entries()}
+    for item in doc:
+        entry = by_key[item["key"]]
+        assert set(item) == {"kind", "name", "key", "video", "created", "completed", "size",
+                             "path", "params"}
+        assert (item["video"], item["size"], item["created"], item["path"]) == (
+            entry.video, entry.size, entry.created, str(entry.path))
+        assert datetime.fromisoformat(item["completed"]).timestamp() == pytest.approx(
+            entry.created, abs=1)
+    assert [item["video"] for item in doc].count(None) == 1
+    assert _tf("cache", "ls", "--cache-dir", str(tf_cache.root), "--sort", "name").exit_code == 2
+
+
+def test_tf_cache_rm_by_kind_and_by_video(tf_cache, listed) -> None:
+    sizes = {key: _human(path) for key, path in listed.items()}
+    result = _tf("cache", "rm", "--kind", "inversion", "--cache-dir", str(tf_cache.root))
+    assert result.exit_code == 0, result.output
+    assert sorted(result.stdout.splitlines()) == [
+        f"removed inversion/ddim {key.ljust(16, '0')}  {video}  {sizes[key]}"
+        for key, video in [("aaaa5", "a.mp4"), ("bbbb2", "b.mp4")]]
+    assert not listed["bbbb2"].exists() and not listed["aaaa5"].exists()
+    result = _tf("cache", "rm", "--video", "some/dir/b.mp4", "--cache-dir", str(tf_cache.root))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [f"removed features/unet {'cccc3'.ljust(16, '0')}  "
+                                          f"b.mp4  {sizes['cccc3']}"]
+    assert [e.key[:5] for e in tf_cache.entries()] == ["aaaa1", "dddd4"]
+    # both selectors: an entry must match each
+    result = _tf("cache", "rm", "--kind", "features", "--video", "nope.mp4",
+                 "--cache-dir", str(tf_cache.root))
+    assert result.exit_code == 1, result.output
+    assert "no cache entry matches kind 'features', video 'nope.mp4'" in result.output
+    assert "(1 entry without a video name" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and listed["aaaa1"].exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give a KEY"),
+    (["--all", "--kind", "features"], "--all removes every entry: give it alone"),
+    (["aaaa1", "--all"], "--all removes every entry"),
+    (["aaa"], "at least 4 characters"),
+    (["aaa", "--kind", "features"], "at least 4 characters"),
+    (["--kind", "feature"], "unknown kind 'feature'; kinds: inversion, features"),
+    (["aaaa"], "key prefix 'aaaa' matches 2 entries"),
+])
+def test_tf_cache_rm_refuses_empty_and_ambiguous_selections(tf_cache, listed, args,
+                                                            message: str) -> None:
+    result = _tf("cache", "rm", *args, "--cache-dir", str(tf_cache.root))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert len(tf_cache.entries()) == len(listed)  # nothing removed
+
+
+def test_an_ambiguous_key_prefix_is_narrowed_by_kind(tf_cache, listed) -> None:
+    result = _tf("cache", "rm", "aaaa", "--kind", "features", "--cache-dir", str(tf_cache.root))
+    assert result.exit_code == 0, result.output
+    assert not listed["aaaa1"].exists() and listed["aaaa5"].exists()
+
+
 def test_progress_marks_several_units_in_one_write_and_clears_a_killed_writes_leftovers(
         tmp_path: Path) -> None:
     from tokenflow.cache.store import Progress

@@ -97,6 +97,27 @@ def test_frame_pngs_equal_the_cached_blender_frames(world: World) -> None:
         np.testing.assert_array_equal(png, frames[i])
 
 
+def test_run_writes_a_labelled_preview_and_a_looping_gif(world: World) -> None:
+    from tokenflow.frame_figures import FOOTER, HEADER, LABEL_WIDTH
+    from tokenflow.video import evenly_spaced
+
+    sheet = np.asarray(Image.open(world.out / "preview.png").convert("RGB"))
+    th, tw = 2 * HEIGHT, 2 * WIDTH  # enlarged 2x (nearest) to be at least 128 px tall
+    assert sheet.shape == (2 * th + FOOTER, LABEL_WIDTH + 4 * tw, 3) and sheet.shape[1] >= 512
+    edited = _blender_frames(world.doc)
+    for c, i in enumerate(evenly_spaced(N, 4)):
+        cell = sheet[th:2 * th, LABEL_WIDTH + c * tw:LABEL_WIDTH + (c + 1) * tw]
+        np.testing.assert_array_equal(cell, edited[i].repeat(2, axis=0).repeat(2, axis=1))
+    ink = sheet.max(axis=-1) < 128
+    assert ink[:th, :LABEL_WIDTH].sum() > 20 and ink[th:2 * th, :LABEL_WIDTH].sum() > 20
+    assert all(ink[2 * th:, LABEL_WIDTH + c * tw:LABEL_WIDTH + (c + 1) * tw].sum() > 10
+               for c in range(4))  # frame numbers
+    gif = Image.open(world.out / "preview.gif")
+    assert gif.n_frames == N and gif.info["loop"] == 0
+    assert abs(gif.info["duration"] - 1000 / world.doc["fps"]) < 10
+    assert gif.size == (2 * tw, HEADER + th)
+
+
 def test_run_json_records_the_run(world: World) -> None:
     from tokenflow.plan import DEFAULT_STAGES
 

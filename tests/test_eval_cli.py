@@ -14,6 +14,7 @@ from PIL import Image
 
 from tokenflow.cli import cli
 from tokenflow.eval.compare import parse_method
+from tokenflow.frame_figures import FOOTER
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import read_video, write_frames
 
@@ -143,7 +144,7 @@ def test_compare_writes_every_output(compared) -> None:
     video = read_video(out / "side_by_side.mp4").frames
     assert video.shape[0] == 6 and video.shape[2] == 4 * 128  # source + 3 methods, 2x enlarged
     sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.size[1] == 4 * 128  # one row per video
+    assert sheet.size[1] == 4 * 128 + FOOTER  # one row per video, then the frame numbers
     assert Image.open(out / "metrics.png").size[0] > 300
     assert compared["result"].stdout.strip().splitlines()[-1] == str(out)
 

@@ -205,6 +205,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
     arguments, then ``options`` (``-o KEY VALUE`` pairs); ``stages`` picks other installed
     stages (``{kind: name}``), ``editor`` the editor. ``until="features"`` plans inversion and
     the feature store only."""
+    from tokenflow.cache.store import video_name
     from tokenflow.manager import blame
     from tokenflow.plan import build_job
 
@@ -234,6 +235,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
         raise EditError(f"planning the run failed{where}: {type(exc).__name__}: "
                         f"{first_line(str(exc))} (--debug shows the traceback)") from exc
     job.base.on_progress = progress
+    job.base.video = video_name(source.clip.source)  # recorded in the cache entries' metadata
     return job
 
 

@@ -1,5 +1,5 @@
-"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4, preview.png
-(source and edit, four frames each) and run.json."""
+"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4, preview.png and
+preview.gif (:mod:`tokenflow.preview`) and run.json."""
 
 from __future__ import annotations
 
@@ -15,13 +15,6 @@ import numpy as np
 from tokenflow import __version__
 from tokenflow.cache.keys import _plain
 from tokenflow.cache.store import safe_name
-from tokenflow.video import evenly_spaced
-
-
-def contact_sheet(*videos: np.ndarray, columns: int = 4) -> np.ndarray:
-    """One row per video, ``columns`` evenly spaced frames each (same size videos)."""
-    index = evenly_spaced(min(len(v) for v in videos), columns)
-    return np.concatenate([np.concatenate(list(v[index]), axis=1) for v in videos], axis=0)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -98,7 +91,8 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
     """
     from contextlib import ExitStack
 
-    from tokenflow.video import VideoWriter, side_by_side, write_frames, write_png
+    from tokenflow.preview import edit_label, write_previews
+    from tokenflow.video import VideoWriter, side_by_side, write_frames
 
     check_output_dir(out, job.keys["blender"], overwrite=overwrite)
     edited = job.base.cache.open(results["blender"].path)["frames"]
@@ -116,9 +110,7 @@ def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrit
                 for writer, part in zip(videos, (chunk, source, side_by_side(source, chunk))):
                     writer.write(part)
                 write_frames(tmp / "frames", chunk, start=start)
-        index = evenly_spaced(len(frames), 4)
-        write_png(tmp / "preview.png", contact_sheet(frames[index],
-                                                     np.asarray(edited.oindex[index])))
+        write_previews(tmp, frames, edited, fps=fps, label=edit_label(job.stages["editor"]))
         doc = run_record(job, results, clip, frames, seconds=seconds)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)

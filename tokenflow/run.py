@@ -49,17 +49,17 @@ class StageRunner:
 
                 editor = ctx.stages[EDITOR]
                 with cache.writer(EDITOR, editor.name, ctx.keys[EDITOR], params=editor.params,
-                                  version=editor.version, resumable=True,
+                                  version=editor.version, resumable=True, video=ctx.video,
                                   progress_out=progress) as ed_group, \
                         cache.writer(BLENDER, stage.name, key, params=stage.params,
-                                     version=stage.version, resumable=True,
+                                     version=stage.version, resumable=True, video=ctx.video,
                                      progress_out=progress) as bl_group:
                     run_edit(ctx, ed_group, bl_group, progress=tuple(progress))
                     stats = dict(bl_group.attrs.get("stats", {}))
             else:
                 assert stage.kind not in STEP_KINDS
                 with cache.writer(stage.kind, stage.name, key, params=stage.params,
-                                  version=stage.version, resumable=True,
+                                  version=stage.version, resumable=True, video=ctx.video,
                                   progress_out=progress) as group:
                     ctx.output, ctx.progress = group, progress[0]
                     try:

@@ -286,6 +286,9 @@ class StageContext:
     #: may skip units of work it marks done (``ctx.progress.done(tag)``) and mark each one after
     #: writing it (``ctx.progress.mark(tag)``), so that a rerun after a crash resumes there.
     progress: Any = None
+    #: The file name of the source video, recorded in the metadata of the cache entries the run
+    #: writes (``tf cache ls``); not hashed (entries are keyed by the frames' content).
+    video: str | None = None
 
     #: Called as ``on_progress(description, done, total)`` while long work advances (a front
     #: end's progress display); None for none.

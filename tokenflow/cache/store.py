@@ -15,6 +15,7 @@ import re
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ def safe_name(text: str) -> str:
     return _SAFE.sub("_", text).lstrip(".") or "_"
 
 
+def video_name(video: str | os.PathLike) -> str | None:
+    """The file (or frame folder) name of a video path, as cache entries record it."""
+    return Path(str(video).rstrip("/\\")).name or None
+
+
 @dataclass(frozen=True)
 class CacheEntry:
     kind: str
@@ -44,6 +50,23 @@ class CacheEntry:
     size: int
     params: dict
     created: float
+    #: The file name of the video the entry was computed from (None for entries written before
+    #: tokenflow recorded it, or by a run given frames rather than a file).
+    video: str | None = None
+
+
+def select(entries: Sequence[CacheEntry], *, key: str | None = None, kind: str | None = None,
+           video: str | None = None) -> list[CacheEntry]:
+    """The entries matching every selector given: ``key`` a prefix of the key (at least 4
+    characters, any case), ``kind`` the stage kind, ``video`` the recorded file name of the
+    source video (a path selects by its file name)."""
+    if key is not None and len(key) < 4:
+        raise ValueError("give at least 4 characters of the key")
+    name = video_name(video) if video is not None else None
+    return [e for e in entries
+            if (key is None or e.key.startswith(key.lower()))
+            and (kind is None or e.kind == kind)
+            and (name is None or e.video == name)]
 
 
 def dir_size(path: Path) -> int:
@@ -103,6 +126,20 @@ def write_coord(group: zarr.Group, dim: str, values: Sequence[Any]) -> zarr.Arra
 
 #: The child group whose attributes list the sha256 of every other file of a complete store.
 MANIFEST = "tokenflow_manifest"
+
+
+def consolidate(path: Path) -> None:
+    """Write the consolidated metadata of the store at ``path`` (every group's and array's
+    metadata copied into the root's ``zarr.json``): xarray then opens it in one read and without
+    its warning about stores that lack it. zarr's notices that consolidated metadata and
+    numcodecs' codecs are not in the zarr v3 specification are silenced (both are zarr-python's
+    own, and xarray reads them)."""
+    from tokenflow.cache.quantized import quiet_numcodecs
+
+    with warnings.catch_warnings():
+        quiet_numcodecs()
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path))
 
 
 def _write_json_atomic(path: Path, doc: Any) -> None:
@@ -254,16 +291,18 @@ class StageCache:
     @contextmanager
     def writer(
         self, kind: str, name: str, key: str, *, params: Any = None, version: int = 1,
-        resumable: bool = False, progress_out: list | None = None,
+        resumable: bool = False, progress_out: list | None = None, video: str | None = None,
     ) -> Iterator[zarr.Group]:
         """Yield a Zarr group; on normal exit it becomes the complete entry for ``key``.
 
-        The group is written aside and renamed into place when complete, with a manifest of its
-        files' sha256 (``tf cache verify`` checks it). On an exception the store is deleted and
-        nothing at the final path changes. With ``resumable`` (the caller holds the entry's
-        :meth:`lock`) the store is the entry's partial store, kept when the run is interrupted
-        (Ctrl-C, a kill, a crash) and reopened by the next run; the :class:`Progress` appended
-        to ``progress_out`` says what it already holds.
+        The group is written aside and renamed into place when complete, with its consolidated
+        metadata (:func:`consolidate`) and a manifest of its files' sha256 (``tf cache verify``
+        checks it); ``video`` (the source video's file name) is recorded beside the parameters.
+        On an exception the store is deleted and nothing at the final path changes. With
+        ``resumable`` (the caller holds the entry's :meth:`lock`) the store is the entry's
+        partial store, kept when the run is interrupted (Ctrl-C, a kill, a crash) and reopened
+        by the next run; the :class:`Progress` appended to ``progress_out`` says what it already
+        holds.
         """
         final = self.path(kind, name, key)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -279,7 +318,8 @@ class StageCache:
             mode = "w"
         keep_partial = False
         try:
-            group = zarr.open_group(str(tmp), mode=mode, zarr_format=3)
+            # never through consolidated metadata: a resumed store may hold a stale copy
+            group = zarr.open_group(str(tmp), mode=mode, zarr_format=3, use_consolidated=False)
             if progress_out is not None:
                 progress_out.append(progress)
             yield group
@@ -291,9 +331,11 @@ class StageCache:
                 "version": version,
                 "params": _plain(params) if params is not None else {},
                 "created": time.time(),
+                "video": video,
             }
             if MANIFEST in group:  # from a run killed between its manifest and the rename
                 del group[MANIFEST]
+            consolidate(tmp)  # the manifest stays out of it: it hashes the root's zarr.json
             group.create_group(MANIFEST).attrs.update({"key": key, "files": manifest(tmp)})
             if final.exists():
                 meta = self.meta(final)
@@ -335,24 +377,25 @@ class StageCache:
                         size=dir_size(path),
                         params=meta.get("params", {}),
                         created=meta.get("created", 0.0),
+                        video=meta.get("video"),
                     )
                 )
         return sorted(out, key=lambda e: e.created)
 
+    @staticmethod
+    def discard(entries: Sequence[CacheEntry]) -> list[CacheEntry]:
+        """Delete the stores of ``entries``; returns them."""
+        for entry in entries:
+            shutil.rmtree(entry.path)
+        return list(entries)
+
     def remove(self, key_prefix: str) -> list[CacheEntry]:
         """Remove the entries whose key starts with ``key_prefix`` (at least 4 characters)."""
-        if len(key_prefix) < 4:
-            raise ValueError("give at least 4 characters of the key")
-        gone = [e for e in self.entries() if e.key.startswith(key_prefix.lower())]
-        for entry in gone:
-            shutil.rmtree(entry.path)
-        return gone
+        return self.discard(select(self.entries(), key=key_prefix))
 
     def clear(self) -> list[CacheEntry]:
         """Remove every entry and every leftover temporary store; README files stay."""
-        gone = self.entries()
-        for entry in gone:
-            shutil.rmtree(entry.path)
+        gone = self.discard(self.entries())
         if self.root.is_dir():
             for pattern in ("*/.*.tmp-*.zarr", "*/.*.partial.zarr"):
                 for leftover in self.root.glob(pattern):

@@ -196,9 +196,10 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
     import shutil
     import uuid
 
-    from tokenflow.eval.figures import contact_sheet, labelled_side_by_side, plot_metrics, write_png
+    from tokenflow.eval.figures import plot_metrics
+    from tokenflow.frame_figures import contact_sheet, labelled_side_by_side
     from tokenflow.outputs import replace_dir
-    from tokenflow.video import write_video
+    from tokenflow.video import write_png, write_video
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
