@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tokenflow.cli import cli
-from tokenflow.embedded.train import EMBEDDED_DEFAULTS
+from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS
 from tokenflow.models import EMBEDDED_DIR
 from tokenflow.video import read_video
 from tokenflow.embedded.world import mask_iou, object_colour, object_mask

@@ -104,13 +104,13 @@ def test_load_none_gives_the_embedded_model() -> None:
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
     assert m.defaults.get("inversion.inversion_steps") == 100
-    from tokenflow.embedded.train import EMBEDDED_DEFAULTS
+    from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS
 
     assert m.defaults == EMBEDDED_DEFAULTS  # the shipped suggestions are the recipe's
     # every editor shares one feature store: it keeps what PnP's defaults inject
     assert m.defaults["features.conv_layers"] == m.defaults["editor.conv_layers"]
     assert m.defaults["features.conv_t"] == m.defaults["editor.pnp_f_t"]
-    from tokenflow.embedded.train import EMBEDDED_VOCABULARY
+    from tokenflow.embedded.suggestions import EMBEDDED_VOCABULARY
     from tokenflow.embedded.world import WORDS
 
     assert m.vocabulary is not None and m.vocabulary.words == frozenset(WORDS)
