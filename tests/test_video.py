@@ -292,22 +292,21 @@ def test_working_size_refuses_non_positive_sizes() -> None:
         working_size(0, 640, None, native=512)
 
 
-@pytest.mark.parametrize(("height", "width", "multiple", "canvas", "top", "left"), [
-    (64, 114, 64, (64, 128), 0, 7),
-    (512, 910, 64, (512, 960), 0, 25),
-    (100, 200, 64, (128, 256), 14, 28),
-    (64, 64, 64, (64, 64), 0, 0),
-    (512, 683, 8, (512, 688), 0, 2),
-    (1, 1, 64, (64, 64), 31, 31),
+@pytest.mark.parametrize(("height", "width", "multiple", "canvas"), [
+    (64, 114, 64, (64, 128)),
+    (512, 910, 64, (512, 960)),
+    (100, 200, 64, (128, 256)),
+    (64, 64, 64, (64, 64)),
+    (512, 683, 8, (512, 688)),
+    (1, 1, 64, (64, 64)),
 ])
-def test_framing_pads_to_the_next_multiple_and_centres(
-        height: int, width: int, multiple: int, canvas: tuple[int, int], top: int,
-        left: int) -> None:
+def test_framing_pads_to_the_next_multiple(height: int, width: int, multiple: int,
+                                           canvas: tuple[int, int]) -> None:
     framing = Framing.around(height, width, multiple)
     assert (framing.canvas_height, framing.canvas_width) == canvas
-    assert (framing.top, framing.left) == (top, left)
     assert framing.padded == ((height, width) != canvas)
-    assert framing.record() == {"width": canvas[1], "height": canvas[0], "top": top, "left": left}
+    frames = colour_bars(1, height, width)
+    assert framing.pad(frames).shape == (1, *canvas, 3)
 
 
 def test_framing_pads_by_mirroring_and_crop_undoes_it() -> None:
@@ -316,9 +315,11 @@ def test_framing_pads_by_mirroring_and_crop_undoes_it() -> None:
     canvas = framing.pad(frames)
     assert canvas.shape == (3, 64, 128, 3) and canvas.dtype == np.uint8
     np.testing.assert_array_equal(framing.crop(canvas), frames)
-    # the margin mirrors the frame (without repeating the edge column)
-    np.testing.assert_array_equal(canvas[:, :, 6], frames[:, :, 1])
-    np.testing.assert_array_equal(canvas[:, :, 7 + 114], frames[:, :, 112])
+    # the frame at the top left; the margin right of it mirrors it (the edge column once)
+    np.testing.assert_array_equal(canvas[:, :, :114], frames)
+    np.testing.assert_array_equal(canvas[:, :, 114:], frames[:, :, 112:98:-1])
+    tall = Framing.around(40, 64, 64).pad(colour_bars(1, 40, 64))
+    np.testing.assert_array_equal(tall[:, 40:], tall[:, 38:14:-1])
     square = colour_bars(2, 64, 64)
     assert Framing.around(64, 64, 64).pad(square) is square
     with pytest.raises(VideoError, match="do not fit"):
@@ -333,7 +334,8 @@ def test_framing_note_says_how_much_is_padded() -> None:
     assert Framing.around(64, 64, 64).note(64) is None
     note = Framing.around(64, 114, 64).note(64)
     assert note == ("the UNet needs sides in multiples of 64, so each 114x64 frame is padded to "
-                    "128x64 by mirroring (+12 % pixels) and the padding is cropped after decoding")
+                    "128x64 by mirroring its right and bottom edges (+12 % pixels), cropped after "
+                    "decoding")
 
 
 def test_aspect_note_says_how_much_the_aspect_changes() -> None:

@@ -101,8 +101,7 @@ def run_record(job, results, source, *, output: dict | None = None, seconds: flo
     model = job.base.model
     clip, working = source.clip, source.working
     size = _size(*working.shape[1:3])
-    canvas = (source.framing.record() if source.framing is not None
-              else {**_size(*source.frames.shape[1:3]), "top": 0, "left": 0})
+    canvas = _size(*source.frames.shape[1:3])
     return {
         "tokenflow_version": __version__,
         "video": str(clip.source),

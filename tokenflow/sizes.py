@@ -5,9 +5,11 @@ outputs' size, and parsing ``--size`` / ``--output-size``.
 Why padding rather than rounding each side to the UNet's multiple (``Model.size_multiple``, 64
 for Stable Diffusion and the embedded model): rounding stretches every frame whose aspect is not
 a ratio of multiples of 64 (16:9 at the embedded model's short side 64 became 128x64, 2:1, a
-12 % stretch), while padding keeps the aspect to the pixel. It costs the padded pixels, less
-than one multiple per side: SD at 512 pads 16:9 910x512 to 960x512 (+5 % pixels), 4:3 683x512 to
-704x512 (+3 %); the embedded model pads 114x64 to 128x64 (+12 %, what the stretch cost too)."""
+12 % stretch), and resizing the result back does not undo it, since the model redraws what it
+knows in its own proportions (docs/benchmarks.md, "Aspect ratio"); padding keeps the aspect to
+the pixel. It costs the padded pixels, less than one multiple per side: SD at 512 pads 16:9
+910x512 to 960x512 (+5 % pixels), 4:3 683x512 to 704x512 (+3 %); the embedded model pads 114x64
+to 128x64 (+12 %, the stretch's canvas too)."""
 
 from __future__ import annotations
 
@@ -50,10 +52,15 @@ def working_size(height: int, width: int, size: int | tuple[int, int] | None, *,
 
 @dataclass(frozen=True)
 class Framing:
-    """Where the working frames (``height`` x ``width``) sit in what the UNet sees: a canvas of
+    """What the UNet sees of the working frames (``height`` x ``width``): a canvas of
     ``canvas_height`` x ``canvas_width``, each side the next multiple of what the UNet needs,
-    the frames centred (``top``, ``left``) and the margin filled by mirroring them (reflect
-    padding). The edit is made on the canvas; :meth:`crop` cuts the decoded frames back."""
+    the frames at its top left and the margin right and below filled by mirroring them (numpy's
+    ``reflect``). The edit is made on the canvas; :meth:`crop` cuts the decoded frames back.
+
+    One-sided, because the seam between a frame and its mirror image is where a model draws
+    what is not there: centred, there are two seams and the frame's own borders are gone (on
+    the embedded model, a 16:9 ball clip got stray object pixels in 7.3 % of its outer 16 px
+    columns centred, 1.0 % one-sided: docs/benchmarks.md, "Aspect ratio")."""
 
     height: int
     width: int
@@ -72,14 +79,6 @@ class Framing:
                    -(-width // multiple) * multiple)
 
     @property
-    def top(self) -> int:
-        return (self.canvas_height - self.height) // 2
-
-    @property
-    def left(self) -> int:
-        return (self.canvas_width - self.width) // 2
-
-    @property
     def padded(self) -> bool:
         return (self.height, self.width) != (self.canvas_height, self.canvas_width)
 
@@ -90,22 +89,15 @@ class Framing:
                              f"of {self.width}x{self.height}")
         if not self.padded:
             return frames
-        bottom = self.canvas_height - self.height - self.top
-        right = self.canvas_width - self.width - self.left
-        return np.pad(frames, ((0, 0), (self.top, bottom), (self.left, right), (0, 0)),
-                      mode="reflect")
+        below, right = self.canvas_height - self.height, self.canvas_width - self.width
+        return np.pad(frames, ((0, 0), (0, below), (0, right), (0, 0)), mode="reflect")
 
     def crop(self, frames: np.ndarray) -> np.ndarray:
         """The working frames of ``(N, canvas_height, canvas_width, 3)`` frames (a view)."""
         if tuple(frames.shape[1:3]) != (self.canvas_height, self.canvas_width):
             raise VideoError(f"frames of {frames.shape[2]}x{frames.shape[1]} are not on a canvas "
                              f"of {self.canvas_width}x{self.canvas_height}")
-        return frames[:, self.top:self.top + self.height, self.left:self.left + self.width]
-
-    def record(self) -> dict[str, int]:
-        """The canvas as ``run.json`` says it: its size and where the working frames sit."""
-        return {"width": self.canvas_width, "height": self.canvas_height, "top": self.top,
-                "left": self.left}
+        return frames[:, :self.height, :self.width]
 
     def note(self, multiple: int) -> str | None:
         """One line on the padding (None without any)."""
@@ -114,8 +106,8 @@ class Framing:
         extra = self.canvas_height * self.canvas_width / (self.height * self.width) - 1
         return (f"the UNet needs sides in multiples of {multiple}, so each {self.width}x"
                 f"{self.height} frame is padded to {self.canvas_width}x{self.canvas_height} by "
-                f"mirroring (+{extra * 100:.0f} % pixels) and the padding is cropped after "
-                "decoding")
+                f"mirroring its right and bottom edges (+{extra * 100:.0f} % pixels), cropped "
+                "after decoding")
 
 
 def aspect_note(source: tuple[int, int], size: tuple[int, int]) -> str | None:
