@@ -146,6 +146,22 @@ def test_output_size_working_writes_the_frames_as_edited(world: World) -> None:
     assert Image.open(out / "preview.png").size == (4 * WORKING[1], 2 * WORKING[0])
 
 
+def test_large_outputs_stream_in_smaller_chunks(world: World,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokenflow import outputs
+
+    assert outputs.output_chunk(144, 256) == outputs.OUTPUT_CHUNK == 16
+    assert outputs.output_chunk(2160, 3840) == 2  # 4K: 2 frames of 24.9 MB in 64 MB
+    assert outputs.output_chunk(20000, 20000) == 1
+    # one frame a chunk: the same outputs
+    monkeypatch.setattr(outputs, "OUTPUT_CHUNK_BYTES", SOURCE[0] * SOURCE[1] * 3)
+    out = world.root / "out-chunked"
+    result = world.run(out=out)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(_pngs(out), _pngs(world.out))
+    assert read_video(out / "edited.mp4").frames.shape == (N, *SOURCE, 3)
+
+
 @pytest.mark.parametrize(("value", "shape", "stretch"), [
     ("200x100", (100, 200), "aspect 1.78 -> 2.00 (+12 %)"),
     ("72", (72, 128), None),  # a short side: the source's aspect

@@ -125,8 +125,17 @@ def run_record(job, results, source, *, output: dict | None = None, seconds: flo
     }
 
 
-#: Frames read from the blender's store and written to the outputs at a time.
+#: Frames read from the blender's store and written to the outputs at a time, at most; fewer
+#: where that many frames at the output size would pass :data:`OUTPUT_CHUNK_BYTES`.
 OUTPUT_CHUNK = 16
+#: Bytes of one chunk of output frames, at most (a 4K source: 2 frames a chunk).
+OUTPUT_CHUNK_BYTES = 64 << 20
+
+
+def output_chunk(height: int, width: int) -> int:
+    """Frames per chunk of the outputs at ``height`` x ``width``: :data:`OUTPUT_CHUNK`, fewer for
+    large frames (at least one)."""
+    return max(1, min(OUTPUT_CHUNK, OUTPUT_CHUNK_BYTES // (height * width * 3)))
 
 
 def write_outputs(out: Path, job, results, source, *, output: dict | None = None,
@@ -135,10 +144,10 @@ def write_outputs(out: Path, job, results, source, *, output: dict | None = None
 
     ``source`` is the :class:`tokenflow.api.Source` that was edited; ``output`` the output size
     (``{"width", "height", "as"}``; default: the working size). The edited frames stream from
-    the blender's store :data:`OUTPUT_CHUNK` at a time, are cropped to the working size and
-    resized to the output size; ``source.mp4`` and the side-by-side's left half are the decoded
-    source frames resized to it (unchanged at the source's size). Memory does not grow with
-    the video. An existing ``out`` is replaced only with ``overwrite`` or when it holds the
+    the blender's store a chunk at a time (:func:`output_chunk`), are cropped to the working
+    size and resized to the output size; ``source.mp4`` and the side-by-side's left half are the
+    decoded source frames resized to it (unchanged at the source's size). Memory does not grow
+    with the video. An existing ``out`` is replaced only with ``overwrite`` or when it holds the
     output of the very same run (same blender key); otherwise :class:`FileExistsError`.
     """
     from contextlib import ExitStack
@@ -157,8 +166,9 @@ def write_outputs(out: Path, job, results, source, *, output: dict | None = None
         with ExitStack() as stack:
             videos = [stack.enter_context(VideoWriter(tmp / name, fps))
                       for name in ("edited.mp4", "source.mp4", "side_by_side.mp4")]
-            for start in range(0, len(frames), OUTPUT_CHUNK):
-                stop = min(len(frames), start + OUTPUT_CHUNK)
+            step = output_chunk(height, width)
+            for start in range(0, len(frames), step):
+                stop = min(len(frames), start + step)
                 original = resize_frames(source.clip.frames[start:stop], height, width)
                 chunk = resize_frames(np.ascontiguousarray(source.crop(np.asarray(
                     edited[start:stop]))), height, width)
