@@ -22,7 +22,8 @@ def test_edit_gives_the_frames_and_keys_of_tf_run(tf_tiny_model_dir, tf_video, t
     result = CliRunner().invoke(cli, [
         "run", str(tf_video), "--model", str(tf_tiny_model_dir), "--prompt", ARGS["prompt"],
         "--steps", "3", "--inversion-steps", "3", "--batch-size", "4", "--size", "64x64",
-        "--cache-dir", str(tmp_path / "cli-cache"), "--out", str(out), "-q"])
+        "--cache-dir", str(tmp_path / "cli-cache"), "--out", str(out), "-q",
+        "--output-size", "working"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "run.json").read_text())
 

@@ -28,7 +28,8 @@ from tokenflow.video import read_video, write_frames
 ROOT = Path(__file__).resolve().parents[1]
 N, B, STEPS = 5, 3, 4  # a shorter last chunk on purpose
 K = math.ceil(N / B)
-HEIGHT, WIDTH = 64, 128  # --size 64 on the 64x96 synthetic clip
+HEIGHT, WIDTH = 64, 96  # --size 64 on the 64x96 synthetic clip: the source's size
+CANVAS_WIDTH = 128  # what the UNet sees: padded to a multiple of 64 on the right
 PROMPT = "a blue ball"
 COMMON = ["--steps", str(STEPS), "--inversion-steps", str(STEPS), "--frames", str(N),
           "--batch-size", str(B), "--size", "64", "-q"]
@@ -58,7 +59,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, tf_tiny_model_dir: Path) -> 
 
 
 def _blender_frames(doc: dict) -> np.ndarray:
-    return np.asarray(zarr.open_group(doc["cache"]["blender"]["path"], mode="r")["frames"][...])
+    """The decoded edit in the blender's store, cropped to the working size as run.json says."""
+    canvas = np.asarray(zarr.open_group(doc["cache"]["blender"]["path"], mode="r")["frames"][...])
+    assert canvas.shape[1:3] == (doc["canvas"]["height"], doc["canvas"]["width"])
+    return canvas[:, :doc["size"]["height"], :doc["size"]["width"]]  # at the top left
 
 
 # --------------------------------------------------------------------------------------------- tf run
@@ -128,6 +132,9 @@ def test_run_json_records_the_run(world: World) -> None:
     assert doc["model"]["dtype"] == "float32" and doc["model"]["device"] == "cpu"
     assert doc["video"] == str(world.clip)
     assert (doc["frames"], doc["size"]) == (N, {"width": WIDTH, "height": HEIGHT})
+    assert doc["source_size"] == {"width": 96, "height": 64}
+    assert doc["canvas"] == {"width": CANVAS_WIDTH, "height": HEIGHT}
+    assert doc["output_size"] == {"width": 96, "height": 64, "as": "source"}
     assert doc["config"] == {"steps": STEPS, "batch_size": B}
     assert set(doc["stages"]) == set(doc["keys"]) == set(doc["cache"]) == set(KINDS)
     for kind in KINDS:

@@ -33,7 +33,8 @@ def edit(tmp_path_factory) -> Path:
     result = CliRunner().invoke(cli, [
         "run", str(CLIP), "--inversion-prompt", "a red ball on a checkered floor",
         "--prompt", "a blue ball on a checkered floor", "--frames", str(FRAMES),
-        "--cache-dir", str(out.parent / "cache"), "--out", str(out)])
+        "--cache-dir", str(out.parent / "cache"), "--out", str(out),
+        "--output-size", "working"])  # measured in the model's 64x64 pixels
     assert result.exit_code == 0, result.output
     assert "no --model given; using tokenflow's embedded model" in result.output
     return out

@@ -82,6 +82,7 @@ def test_load_saved_tiny_model_offline(layout: str, tf_tiny_model_dir: Path, tmp
     assert m.device == torch.device("cpu") and m.dtype == torch.float32
     assert m.unet.config.use_linear_projection is (layout == "sd21")
     assert m.vae_scale_factor == 8 and m.native_size == 128 and m.scaling_factor == pytest.approx(0.18215)
+    assert m.size_multiple == 64  # 8 px latent cells, halved by 3 of the 4 down blocks
     assert m.prediction_type == "epsilon" and type(m.scheduler).__name__ == "DDIMScheduler"
     assert m.scheduler.config.steps_offset == 1 and m.scheduler.config.clip_sample is False
     assert not m.unet.training and not any(p.requires_grad for p in m.unet.parameters())
@@ -103,6 +104,7 @@ def test_load_none_gives_the_embedded_model() -> None:
     m = load_model(None, device="cpu")
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
     assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
+    assert m.size_multiple == 64
     assert m.defaults.get("inversion.inversion_steps") == 100
     from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS
 

@@ -8,15 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tokenflow.sizes import (
+    Framing,
+    aspect_note,
+    output_size,
+    parse_output_size,
+    parse_size,
+    working_size,
+)
 from tokenflow.video import (
     Video,
     VideoError,
     frames_hash,
-    parse_size,
     read_video,
     resize_frames,
     side_by_side,
-    working_size,
     write_frames,
     write_video,
 )
@@ -259,25 +265,106 @@ def test_truncated_mp4(tmp_path: Path, bars_mp4: Path, keep: str) -> None:
 @pytest.mark.parametrize(
     ("height", "width", "size", "expected"),
     [
-        (480, 640, None, (512, 704)),  # 640 * 512 / 480 = 682.7 -> 704
-        (640, 480, None, (704, 512)),  # portrait
+        (480, 640, None, (512, 683)),  # 640 * 512 / 480 = 682.7 -> 683: the aspect kept
+        (640, 480, None, (683, 512)),  # portrait
         (512, 512, None, (512, 512)),
-        (480, 640, 500, (512, 640)),  # 500 -> 512; 666.7 -> 640
-        (1080, 1920, 256, (256, 448)),  # 455.1 -> 448
-        (480, 640, (768, 512), (512, 768)),  # explicit WxH
-        (480, 640, (700, 500), (512, 704)),  # explicit, rounded to nearest multiple
-        (480, 640, 10, (64, 64)),  # tiny -> minimum one multiple
-        (480, 640, (1, 1), (64, 64)),
+        (144, 256, None, (512, 910)),  # 16:9: 910.2
+        (144, 256, 64, (64, 114)),  # 113.8
+        (480, 640, 500, (500, 667)),  # 666.7
+        (1080, 1920, 256, (256, 455)),  # 455.1
+        (480, 640, (768, 512), (512, 768)),  # explicit WxH, exactly
+        (480, 640, (200, 100), (100, 200)),
+        (480, 640, 1, (1, 1)),  # 1.33 -> 1
+        (480, 640, (1, 1), (1, 1)),
     ],
 )
-def test_working_size(height: int, width: int, size: int | tuple[int, int] | None, expected: tuple[int, int]) -> None:
+def test_working_size_keeps_the_aspect_and_is_never_rounded_to_the_grid(
+        height: int, width: int, size: int | tuple[int, int] | None,
+        expected: tuple[int, int]) -> None:
     assert working_size(height, width, size, native=512) == expected
 
 
-def test_working_size_other_multiple() -> None:
-    assert working_size(480, 640, None, native=512, multiple=8) == (512, 680)
-    with pytest.raises(VideoError):
-        working_size(480, 640, 0, native=512)
+def test_working_size_refuses_non_positive_sizes() -> None:
+    for size in (0, -3, (0, 64), (64, 0)):
+        with pytest.raises(VideoError, match="positive"):
+            working_size(480, 640, size, native=512)
+    with pytest.raises(VideoError, match="invalid video size"):
+        working_size(0, 640, None, native=512)
+
+
+@pytest.mark.parametrize(("height", "width", "multiple", "canvas"), [
+    (64, 114, 64, (64, 128)),
+    (512, 910, 64, (512, 960)),
+    (100, 200, 64, (128, 256)),
+    (64, 64, 64, (64, 64)),
+    (512, 683, 8, (512, 688)),
+    (1, 1, 64, (64, 64)),
+])
+def test_framing_pads_to_the_next_multiple(height: int, width: int, multiple: int,
+                                           canvas: tuple[int, int]) -> None:
+    framing = Framing.around(height, width, multiple)
+    assert (framing.canvas_height, framing.canvas_width) == canvas
+    assert framing.padded == ((height, width) != canvas)
+    frames = colour_bars(1, height, width)
+    assert framing.pad(frames).shape == (1, *canvas, 3)
+
+
+def test_framing_pads_by_mirroring_and_crop_undoes_it() -> None:
+    frames = colour_bars(3, 64, 114)
+    framing = Framing.around(64, 114, 64)
+    canvas = framing.pad(frames)
+    assert canvas.shape == (3, 64, 128, 3) and canvas.dtype == np.uint8
+    np.testing.assert_array_equal(framing.crop(canvas), frames)
+    # the frame at the top left; the margin right of it mirrors it (the edge column once)
+    np.testing.assert_array_equal(canvas[:, :, :114], frames)
+    np.testing.assert_array_equal(canvas[:, :, 114:], frames[:, :, 112:98:-1])
+    tall = Framing.around(40, 64, 64).pad(colour_bars(1, 40, 64))
+    np.testing.assert_array_equal(tall[:, 40:], tall[:, 38:14:-1])
+    square = colour_bars(2, 64, 64)
+    assert Framing.around(64, 64, 64).pad(square) is square
+    with pytest.raises(VideoError, match="do not fit"):
+        framing.pad(square)
+    with pytest.raises(VideoError, match="not on a canvas"):
+        framing.crop(square)
+    with pytest.raises(VideoError, match="multiple"):
+        Framing.around(64, 64, 0)
+
+
+def test_framing_note_says_how_much_is_padded() -> None:
+    assert Framing.around(64, 64, 64).note(64) is None
+    note = Framing.around(64, 114, 64).note(64)
+    assert note == ("the UNet needs sides in multiples of 64, so each 114x64 frame is padded to "
+                    "128x64 by mirroring its right and bottom edges (+12 % pixels), cropped after "
+                    "decoding")
+
+
+def test_aspect_note_says_how_much_the_aspect_changes() -> None:
+    assert aspect_note((144, 256), (64, 128)) == "aspect 1.78 -> 2.00 (+12 %)"
+    assert aspect_note((480, 640), (100, 200)) == "aspect 1.33 -> 2.00 (+50 %)"
+    assert aspect_note((144, 256), (144, 128)) == "aspect 1.78 -> 0.89 (-50 %)"
+    # kept to the pixel: no note
+    assert aspect_note((144, 256), (64, 114)) is None
+    assert aspect_note((144, 256), (512, 910)) is None
+    assert aspect_note((1080, 1920), (720, 1280)) is None
+
+
+def test_parse_output_size() -> None:
+    assert parse_output_size("source") == "source"
+    assert parse_output_size(" Working ") == "working"
+    assert parse_output_size("1280x720") == (1280, 720)
+    assert parse_output_size("720") == 720
+    for junk in ["", "src", "0", "1280x", "-5", "1280x720x3"]:
+        with pytest.raises(VideoError, match="expected source, working, S or WxH"):
+            parse_output_size(junk)
+
+
+def test_output_size() -> None:
+    source, working = (144, 256), (64, 114)
+    assert output_size("source", source, working) == (144, 256)
+    assert output_size("working", source, working) == (64, 114)
+    assert output_size((640, 360), source, working) == (360, 640)
+    assert output_size(720, source, working) == (720, 1280)
+    assert output_size("200x100", source, working) == (100, 200)
 
 
 def test_parse_size() -> None:

@@ -64,11 +64,23 @@ def cache_root(value: str | os.PathLike | None) -> Path:
 
 @dataclass
 class Source:
-    """A video ready to edit: the model, the decoded clip and its frames at the working size."""
+    """A video ready to edit: the model, the decoded clip and ``frames``, what the UNet sees: the
+    frames at the working size, padded by ``framing`` (a :class:`tokenflow.sizes.Framing`;
+    None: not padded) to what the UNet needs."""
 
     model: Any
     clip: Any
     frames: np.ndarray
+    framing: Any = None
+
+    @property
+    def working(self) -> np.ndarray:
+        """The source frames at the working size (the padding cropped off; a view)."""
+        return self.crop(self.frames)
+
+    def crop(self, frames: np.ndarray) -> np.ndarray:
+        """Frames of what the UNet sees (e.g. the decoded edit) at the working size."""
+        return frames if self.framing is None else self.framing.crop(frames)
 
 
 def quiet_libraries() -> None:
@@ -87,10 +99,13 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
     """Read ``video`` (a path, or a :class:`tokenflow.video.Video`), load ``model`` (None for
     the embedded model, a directory or hub id, or a loaded :class:`tokenflow.models.Model`) and
     resize the frames to the working size (``size``: short side, ``(width, height)`` or
-    ``"WxH"``; default the model's native size). Cheap checks come first: the size and the
-    video are read before the (slow) model is loaded. Notes go to ``log``."""
+    ``"WxH"``; default the model's native size; the short side's aspect is kept to the pixel),
+    then pad them to the multiples the UNet needs (``Model.size_multiple``; cropped again after
+    decoding). Cheap checks come first: the size and the video are read before the (slow) model
+    is loaded. Notes go to ``log``."""
     from tokenflow.models import Model, ModelError, load_model, parse_dtype
-    from tokenflow.video import Video, VideoError, parse_size, read_video, resize_frames, working_size
+    from tokenflow.sizes import Framing, aspect_note, parse_size, working_size
+    from tokenflow.video import Video, VideoError, read_video, resize_frames
 
     try:
         requested = parse_size(size) if isinstance(size, str) else size
@@ -114,10 +129,11 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
     try:
         height, width = working_size(clip.frames.shape[1], clip.frames.shape[2], requested,
                                      native=loaded.native_size)
+        framing = Framing.around(height, width, loaded.size_multiple)
     except VideoError as exc:
         raise EditError(str(exc)) from exc
-    check_memory(loaded, len(clip), height, width, size)
-    resized = resize_frames(clip.frames, height, width)
+    check_memory(loaded, len(clip), framing.canvas_height, framing.canvas_width, size)
+    resized = framing.pad(resize_frames(clip.frames, height, width))
     for note in clip.notes:
         say(log, f"note: {note}")
     if frames is not None and len(clip) < frames:
@@ -126,13 +142,15 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
     if len(clip) == 1:
         say(log, "note: the video has 1 frame: nothing to propagate, so this is a plain edit "
                   "of one image")
-    sides = [requested] if isinstance(requested, int) else list(requested or ())
-    if any(side % 64 for side in sides):
-        say(log, f"note: --size {size} rounded to multiples of 64: working size "
-                  f"{width}x{height}")
+    stretch = aspect_note(clip.frames.shape[1:3], (height, width))
+    if stretch:
+        say(log, f"note: --size {width}x{height} changes the source's {stretch}")
+    padding = framing.note(loaded.size_multiple)
+    if padding:
+        say(log, f"note: working size {width}x{height}: {padding}")
     say(log, f"video: {len(clip)} frames at {clip.fps:g} fps, "
               f"{clip.frames.shape[2]}x{clip.frames.shape[1]} -> {width}x{height}")
-    return Source(model=loaded, clip=clip, frames=resized)
+    return Source(model=loaded, clip=clip, frames=resized, framing=framing)
 
 
 # --------------------------------------------------------------------------------- planning
@@ -282,6 +300,8 @@ class EditResult:
     out: Path | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    #: The outputs' size, as ``run.json`` says it: ``{"width", "height", "as"}``.
+    output: dict[str, Any] | None = None
 
     @property
     def keys(self) -> dict[str, str]:
@@ -302,15 +322,17 @@ class EditResult:
 
     @property
     def frames(self) -> np.ndarray:
-        """The edited frames, ``(N, H, W, 3)`` uint8."""
-        return np.asarray(self.store(BLENDER)["frames"][...])
+        """The edited frames at the working size, ``(N, H, W, 3)`` uint8 (the padding the UNet
+        needed cropped off; ``edited.mp4`` has them at the output size)."""
+        frames = np.asarray(self.store(BLENDER)["frames"][...])
+        return np.ascontiguousarray(self.source.crop(frames))
 
     @property
     def record(self) -> dict[str, Any]:
         """The run record (what ``run.json`` holds): parameters, model, keys, timings."""
         from tokenflow.outputs import run_record
 
-        return run_record(self.job, self.results, self.source.clip, self.source.frames,
+        return run_record(self.job, self.results, self.source, output=self.output,
                           seconds=self.seconds)
 
 
@@ -322,7 +344,7 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
          frames: int | None = None, stride: int = 1, size=None, device=None, dtype=None,
          revision: str | None = None, unet_batch: int | None = None, cache_budget=None,
          pm=None, registry=None, progress: Progress | None = None, log: Log | None = None,
-         quiet: bool = True) -> EditResult:
+         quiet: bool = True, output_size="source") -> EditResult:
     """Edit ``video`` to follow ``prompt`` with TokenFlow, as ``tf run`` does.
 
     ``video``: a video file or frame folder, a :class:`tokenflow.video.Video`, or a
@@ -333,16 +355,19 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
     ``stages``: ``{kind: name}``; ``cache_budget``: bytes or a size (``"16G"``) above which
     the run says what shrinks the cache. ``out``: write the output folder there (``edited.mp4``,
     ``frames/``, ``run.json``, ...); an existing folder holding another run is refused unless
-    ``overwrite``. ``progress(description, done, total)`` is called as long stages advance;
+    ``overwrite``. ``output_size``: the size of those outputs, ``"source"`` (default),
+    ``"working"``, a short side or ``"WxH"``/``(W, H)``. ``progress(description, done,
+    total)`` is called as long stages advance;
     ``log(line)`` receives notes; ``quiet=False`` shows tqdm bars on stderr. Raises
     :class:`EditError`.
     """
-    from tokenflow.outputs import check_output_dir, write_outputs
+    from tokenflow.outputs import check_output_dir, output_entry, say_output_size, write_outputs
 
     start = time.perf_counter()
     if not str(prompt).strip():
         raise EditError("--prompt is empty: describe the edited video, e.g. "
                         "--prompt 'a red car on a snowy road'", usage=True)
+    output_spec = output_request(output_size)
     notes: list[str] = []
 
     def note(text: str) -> None:
@@ -355,6 +380,9 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
     source = video if isinstance(video, Source) else prepare(
         video, model=model, revision=revision, device=device, dtype=dtype, frames=frames,
         stride=stride, size=size, log=note)
+    output = output_entry(source, output_spec)
+    if out is not None:
+        say_output_size(source, output, note)
     if source.model.prompt_truncated(prompt):
         note(f"note: the prompt is longer than {source.model.tokenizer.model_max_length} tokens "
              "and was truncated")
@@ -372,14 +400,29 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
         if out is not None:
             check_output_dir(out, job.keys[BLENDER], overwrite=overwrite)
         results = run_job(job, note)
-        result = EditResult(job=job, results=results, source=source, out=out, notes=notes)
+        result = EditResult(job=job, results=results, source=source, out=out, notes=notes,
+                            output=output)
         result.seconds = time.perf_counter() - start
         if out is not None:
-            write_outputs(out, job, results, source.clip, source.frames, overwrite=overwrite,
-                          seconds=result.seconds)
+            write_outputs(out, job, results, source, output=result.output,
+                          overwrite=overwrite, seconds=result.seconds)
     except FileExistsError as exc:
         raise EditError(str(exc)) from exc
     return result
+
+
+def output_request(value) -> str | int | tuple[int, int]:
+    """A parsed output size (``"source"``, ``"working"``, a short side, ``(W, H)``), checked
+    before anything loads; a bad one is a usage error."""
+    from tokenflow.sizes import parse_output_size
+    from tokenflow.video import VideoError
+
+    if isinstance(value, tuple) or (isinstance(value, int) and not isinstance(value, bool)):
+        value = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    try:
+        return parse_output_size(value)
+    except VideoError as exc:
+        raise EditError(f"--output-size: {exc}", usage=True) from None
 
 
 @dataclass

@@ -102,7 +102,8 @@ def register_control_extractors(register: Callable[..., None]) -> None:
     """Register control extractors: what turns source frames into ControlNet control images.
 
     :param register: call it as ``register(name, extract, version=1)``. ``extract(frames)`` gets
-        the source frames, ``uint8`` of shape ``(N, H, W, 3)`` at the working resolution, and
+        the source frames, ``uint8`` of shape ``(N, H, W, 3)`` as the UNet sees them (the working
+        size padded to its multiples), and
         returns the control images as ``float32`` in ``[0, 1]``, shape ``(N, H, W, 3)``. Bump
         ``version`` when the output changes: it is part of the cache key of editors that use it.
 

@@ -1,5 +1,6 @@
-"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4, preview.png and
-preview.gif (:mod:`tokenflow.preview`) and run.json."""
+"""Writing a run's outputs: edited.mp4, frames/, source.mp4, side_by_side.mp4 (all at the output
+size: the source's, the working size or another), preview.png and preview.gif (source and edit,
+labelled, at the working size: :mod:`tokenflow.preview`) and run.json."""
 
 from __future__ import annotations
 
@@ -52,17 +53,58 @@ def check_output_dir(out: Path, blender_key: str, *, overwrite: bool) -> None:
                               "use --overwrite or another --out")
 
 
-def run_record(job, results, clip, frames: np.ndarray, *, seconds: float) -> dict:
-    """What ``run.json`` holds: every parameter, the model's identity, every stage's key, whether
-    it was cached, timings and UNet evaluation counts."""
+def _size(height: int, width: int) -> dict[str, int]:
+    return {"width": int(width), "height": int(height)}
+
+
+def output_entry(source, spec) -> dict:
+    """The outputs' size for a parsed ``--output-size`` (:func:`tokenflow.sizes.parse_output_size`)
+    of a :class:`tokenflow.api.Source`, as ``run.json`` says it: ``{"width", "height", "as"}``."""
+    from tokenflow.sizes import output_size
+
+    height, width = output_size(spec, source.clip.frames.shape[1:3], source.working.shape[1:3])
+    label = spec if isinstance(spec, str) else (
+        f"{spec[0]}x{spec[1]}" if isinstance(spec, tuple) else str(spec))
+    return {"width": int(width), "height": int(height), "as": label}
+
+
+def say_output_size(source, output: dict, log) -> None:
+    """A note to ``log`` when the outputs are not the frames as edited: resized, or of another
+    aspect than the source's."""
+    from tokenflow.preflight import say
+    from tokenflow.sizes import aspect_note
+
+    height, width = source.working.shape[1:3]
+    if (output["height"], output["width"]) == (height, width):
+        return
+    named = "the source's size" if output["as"] == "source" else f"--output-size {output['as']}"
+    say(log, f"note: outputs at {output['width']}x{output['height']} ({named}), resized from the "
+             f"working size {width}x{height}; --output-size working keeps them as edited")
+    stretch = aspect_note(source.clip.frames.shape[1:3], (output["height"], output["width"]))
+    if stretch:
+        say(log, f"note: --output-size {output['as']} changes the source's {stretch}")
+
+
+def run_record(job, results, source, *, output: dict | None = None, seconds: float) -> dict:
+    """What ``run.json`` holds: every parameter, the model's identity, the sizes (``source_size``,
+    ``size``: the working size, ``canvas``: what the UNet saw, ``output_size``), every stage's
+    key, whether it was cached, timings and UNet evaluation counts. ``source`` is a
+    :class:`tokenflow.api.Source`; ``output`` the ``output_size`` entry (default: the working
+    size)."""
     model = job.base.model
+    clip, working = source.clip, source.working
+    size = _size(*working.shape[1:3])
+    canvas = _size(*source.frames.shape[1:3])
     return {
         "tokenflow_version": __version__,
         "video": str(clip.source),
-        "frames": int(len(frames)),
+        "frames": int(len(working)),
         "stride": int(getattr(clip, "stride", 1)),
         "fps": float(clip.fps),
-        "size": {"width": int(frames.shape[2]), "height": int(frames.shape[1])},
+        "source_size": _size(*clip.frames.shape[1:3]),
+        "size": size,
+        "canvas": canvas,
+        "output_size": output or {**size, "as": "working"},
         "model": {"id": model.model_id, "revision": model.revision, "key": model.key,
                   "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device)},
         "config": _plain(job.base.config),
@@ -76,42 +118,60 @@ def run_record(job, results, clip, frames: np.ndarray, *, seconds: float) -> dic
     }
 
 
-#: Frames read from the blender's store and written to the outputs at a time.
+#: Frames read from the blender's store and written to the outputs at a time, at most; fewer
+#: where that many frames at the output size would pass :data:`OUTPUT_CHUNK_BYTES`.
 OUTPUT_CHUNK = 16
+#: Bytes of one chunk of output frames, at most (a 4K source: 2 frames a chunk).
+OUTPUT_CHUNK_BYTES = 64 << 20
 
 
-def write_outputs(out: Path, job, results, clip, frames: np.ndarray, *, overwrite: bool,
-                  seconds: float) -> Path:
+def output_chunk(height: int, width: int) -> int:
+    """Frames per chunk of the outputs at ``height`` x ``width``: :data:`OUTPUT_CHUNK`, fewer for
+    large frames (at least one)."""
+    return max(1, min(OUTPUT_CHUNK, OUTPUT_CHUNK_BYTES // (height * width * 3)))
+
+
+def write_outputs(out: Path, job, results, source, *, output: dict | None = None,
+                  overwrite: bool, seconds: float) -> Path:
     """Write everything into a temporary sibling directory, then move it into place.
 
-    The edited frames stream from the blender's store :data:`OUTPUT_CHUNK` at a time into
-    every output, so memory does not grow with the video. An existing ``out`` is replaced only
-    with ``overwrite`` or when it holds the output of the very same run (same blender key);
-    otherwise :class:`FileExistsError`.
+    ``source`` is the :class:`tokenflow.api.Source` that was edited; ``output`` the output size
+    (``{"width", "height", "as"}``; default: the working size). The edited frames stream from
+    the blender's store a chunk at a time (:func:`output_chunk`), are cropped to the working
+    size and resized to the output size; ``source.mp4`` and the side-by-side's left half are the
+    decoded source frames resized to it (unchanged at the source's size). Memory does not grow
+    with the video. An existing ``out`` is replaced only with ``overwrite`` or when it holds the
+    output of the very same run (same blender key); otherwise :class:`FileExistsError`.
     """
     from contextlib import ExitStack
 
     from tokenflow.preview import edit_label, write_previews
-    from tokenflow.video import VideoWriter, side_by_side, write_frames
+    from tokenflow.video import VideoWriter, resize_frames, side_by_side, write_frames
 
     check_output_dir(out, job.keys["blender"], overwrite=overwrite)
     edited = job.base.cache.open(results["blender"].path)["frames"]
+    frames = source.working
+    height, width = (output["height"], output["width"]) if output else frames.shape[1:3]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         tmp.mkdir()
-        fps = float(clip.fps)
+        fps = float(source.clip.fps)
         with ExitStack() as stack:
             videos = [stack.enter_context(VideoWriter(tmp / name, fps))
                       for name in ("edited.mp4", "source.mp4", "side_by_side.mp4")]
-            for start in range(0, len(frames), OUTPUT_CHUNK):
-                source = frames[start:start + OUTPUT_CHUNK]
-                chunk = np.asarray(edited[start:start + len(source)])
-                for writer, part in zip(videos, (chunk, source, side_by_side(source, chunk))):
+            step = output_chunk(height, width)
+            for start in range(0, len(frames), step):
+                stop = min(len(frames), start + step)
+                original = resize_frames(source.clip.frames[start:stop], height, width)
+                chunk = resize_frames(np.ascontiguousarray(source.crop(np.asarray(
+                    edited[start:stop]))), height, width)
+                for writer, part in zip(videos, (chunk, original, side_by_side(original, chunk))):
                     writer.write(part)
                 write_frames(tmp / "frames", chunk, start=start)
-        write_previews(tmp, frames, edited, fps=fps, label=edit_label(job.stages["editor"]))
-        doc = run_record(job, results, clip, frames, seconds=seconds)
+        write_previews(tmp, frames, edited, fps=fps, label=edit_label(job.stages["editor"]),
+                       crop=source.crop)
+        doc = run_record(job, results, source, output=output, seconds=seconds)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         replace_dir(tmp, out)
     finally:

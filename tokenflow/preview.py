@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,12 @@ def edit_label(editor: Any) -> str:
     return f"edit: {prompt}" if prompt else f"edit: {editor.name}"
 
 
-def _take(frames: Any, index: np.ndarray) -> np.ndarray:
-    """``frames[index]`` of a numpy array or a zarr array (orthogonal selection)."""
+def _take(frames: Any, index: np.ndarray, crop: Callable | None = None) -> np.ndarray:
+    """``frames[index]`` of a numpy array or a zarr array (orthogonal selection), through
+    ``crop`` if given (the edit's frames are on the UNet's canvas: ``Source.crop``)."""
     picked = frames.oindex[index] if hasattr(frames, "oindex") else frames[index]
+    if crop is not None:
+        picked = crop(np.asarray(picked))
     return np.ascontiguousarray(picked, dtype=np.uint8)
 
 
@@ -52,11 +56,12 @@ def _at_most(frames: np.ndarray, max_height: int, like: np.ndarray | None = None
     return resize_frames(frames, h, w)
 
 
-def preview_sheet(source: Any, edited: Any, label: str) -> np.ndarray:
-    """The ``preview.png`` image of two videos of equal length (numpy or zarr arrays)."""
+def preview_sheet(source: Any, edited: Any, label: str, crop: Callable | None = None) -> np.ndarray:
+    """The ``preview.png`` image of two videos of equal length (numpy or zarr arrays; the
+    edit's frames through ``crop``)."""
     index = evenly_spaced(len(source), COLUMNS)
     src = _at_most(_take(source, index), MAX_HEIGHT)
-    edit = _at_most(_take(edited, index), MAX_HEIGHT, like=src)
+    edit = _at_most(_take(edited, index, crop), MAX_HEIGHT, like=src)
     return contact_sheet([("source", src), (label, edit)], COLUMNS, min_width=MIN_WIDTH,
                          numbers=index)
 
@@ -67,11 +72,12 @@ def gif_frames(n: int) -> tuple[np.ndarray, int]:
     return np.arange(0, n, step), step
 
 
-def preview_gif(source: Any, edited: Any, label: str) -> tuple[np.ndarray, int]:
+def preview_gif(source: Any, edited: Any, label: str,
+                crop: Callable | None = None) -> tuple[np.ndarray, int]:
     """The ``preview.gif`` frames (source | edit, labelled) and the video frames each lasts."""
     index, step = gif_frames(len(source))
     src = _at_most(_take(source, index), GIF_MAX_HEIGHT)
-    edit = _at_most(_take(edited, index), GIF_MAX_HEIGHT, like=src)
+    edit = _at_most(_take(edited, index, crop), GIF_MAX_HEIGHT, like=src)
     return labelled_side_by_side([("source", src), (label, edit)]), step
 
 
@@ -97,11 +103,12 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, seconds_per_frame: fl
 
 
 def write_previews(directory: str | os.PathLike, source: Any, edited: Any, *, fps: float,
-                   label: str) -> None:
+                   label: str, crop: Callable | None = None) -> None:
     """Write ``preview.png`` and ``preview.gif`` of ``source`` and ``edited`` (equal-length
-    ``(N, H, W, 3)`` uint8 videos, numpy or zarr arrays; only the frames shown are read) into
+    ``(N, H, W, 3)`` uint8 videos, numpy or zarr arrays; only the frames shown are read; the
+    edit's through ``crop``, e.g. from the UNet's padded canvas to the working size) into
     ``directory``."""
     directory = Path(directory)
-    write_png(directory / "preview.png", preview_sheet(source, edited, label))
-    frames, step = preview_gif(source, edited, label)
+    write_png(directory / "preview.png", preview_sheet(source, edited, label, crop))
+    frames, step = preview_gif(source, edited, label, crop)
     write_gif(directory / "preview.gif", frames, step / fps)

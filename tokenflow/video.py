@@ -29,8 +29,6 @@ __all__ = [
     "VideoError",
     "Video",
     "read_video",
-    "working_size",
-    "parse_size",
     "resize_frames",
     "write_video",
     "VideoWriter",
@@ -261,50 +259,7 @@ def _to_rgb8(array: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-# --------------------------------------------------------------------------- sizes
-
-
-def _nearest_multiple(value: float, multiple: int) -> int:
-    return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
-
-
-def working_size(
-    height: int, width: int, size: int | tuple[int, int] | None, *, native: int, multiple: int = 64
-) -> tuple[int, int]:
-    """Return ``(H, W)`` of the working resolution for a ``height`` x ``width`` video.
-
-    ``size=None`` puts the short side at ``native``; an int puts the short side at
-    ``size``; a ``(W, H)`` tuple asks for exactly that. The long side keeps the aspect
-    ratio (``long * short_target / short``), and each side is then rounded to the
-    nearest multiple of ``multiple`` (halves round up; never below ``multiple``).
-    """
-    if height < 1 or width < 1:
-        raise VideoError(f"invalid video size {width}x{height}")
-    if multiple < 1:
-        raise VideoError(f"multiple must be positive, got {multiple}")
-    if isinstance(size, tuple):
-        target_w, target_h = size
-        if target_w < 1 or target_h < 1:
-            raise VideoError(f"size must be positive, got {target_w}x{target_h}")
-        return _nearest_multiple(target_h, multiple), _nearest_multiple(target_w, multiple)
-    short_target = native if size is None else size
-    if short_target < 1:
-        raise VideoError(f"size must be positive, got {short_target}")
-    short, long = min(height, width), max(height, width)
-    scaled_short = _nearest_multiple(short_target, multiple)
-    scaled_long = _nearest_multiple(long * short_target / short, multiple)
-    return (scaled_short, scaled_long) if height <= width else (scaled_long, scaled_short)
-
-
-def parse_size(text: str) -> int | tuple[int, int]:
-    """Parse ``"512"`` (short side) or ``"768x512"`` (width x height)."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX×]\s*(\d+)\s*)?", text)
-    if match is None:
-        raise VideoError(f"invalid size {text!r}: expected N or WxH, e.g. 512 or 768x512")
-    numbers = [int(g) for g in match.groups() if g is not None]
-    if any(n < 1 for n in numbers):
-        raise VideoError(f"invalid size {text!r}: sides must be positive")
-    return numbers[0] if len(numbers) == 1 else (numbers[0], numbers[1])
+# --------------------------------------------------------------------------- resizing
 
 
 def _check_frames(frames: np.ndarray, what: str = "frames") -> None:

@@ -66,6 +66,17 @@ def _size_option(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
+def output_size_option(ctx, param, value):
+    """An output size (source, working, S or WxH), checked before anything loads."""
+    from tokenflow.sizes import parse_output_size
+    from tokenflow.video import VideoError
+
+    try:
+        return parse_output_size(value)
+    except VideoError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def common_input_options(f):
     options = [
         click.option("--model", "model", default=None, metavar="M",
@@ -86,8 +97,11 @@ def common_input_options(f):
                      help="Use at most N frames."),
         click.option("--stride", default=1, show_default=True, type=click.IntRange(1),
                      help="Use every K-th frame."),
-        click.option("--size", default=None,
-                     help="Short side S, or WxH; rounded to multiples of 64 (default: model's native)."),
+        click.option("--size", default=None, metavar="S|WxH",
+                     help="Working size: short side S with the source's aspect (e.g. 512: "
+                          "1920x1080 -> 910x512), or exactly WxH (e.g. 768x432). Default: the "
+                          "model's native size. Frames are padded to the UNet's multiples "
+                          "(64 for SD) and cropped back after decoding."),
         click.option("--unet-batch", default=None, type=click.IntRange(1),
                      help="Frames per UNet call (memory and speed only, not the result; "
                           "default: as many whole chunks as the device holds). The keyframe "

@@ -16,6 +16,7 @@ from tokenflow.cli.common import (
     fail,
     logger,
     manager_and_registry,
+    output_size_option,
     parse_choices,
     say,
     setup_threads,
@@ -32,10 +33,14 @@ from tokenflow.cli.evaluate import require_plotting, scorer_instances
 @click.option("--seed", default=1, show_default=True, type=int, help="Keyframe draws.")
 @click.option("--out", "out_dir", default=None, help="Output directory (default out/<video name>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output of a different run.")
+@click.option("--output-size", default="source", show_default=True, callback=output_size_option,
+              metavar="source|working|S|WxH",
+              help="Size of edited.mp4, frames/, source.mp4 and side_by_side.mp4: the source's, "
+                   "the working size (as edited), short side S, or WxH.")
 @common_input_options
-def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwrite, model,
-        revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size, n_frames,
-        stride, size, unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
+def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwrite, output_size,
+        model, revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size,
+        n_frames, stride, size, unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
     """Edit VIDEO to follow --prompt with TokenFlow (inversion, keyframe edit, propagation)."""
     from tokenflow.outputs import output_dir_for
 
@@ -51,7 +56,7 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
             guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
             batch_size=batch_size, frames=n_frames, stride=stride, size=size, pm=pm,
             registry=registry, unet_batch=unet_batch, cache_budget=cache_budget,
-            log=logger(quiet), quiet=quiet)
+            log=logger(quiet), quiet=quiet, output_size=output_size)
     except EditError as exc:
         raise fail(exc) from None
     stats = result.results["blender"].stats
@@ -170,7 +175,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
                               cache_budget=cache_budget, log=logger(quiet), quiet=quiet)
     except EditError as exc:
         raise fail(exc) from None
-    frames, loaded, clip_video = source.frames, source.model, source.clip
+    frames, loaded, clip_video = source.working, source.model, source.clip
     say(quiet, f"measuring {len(results)} edits against the source")
     from tokenflow.eval.metrics import video_flows
 

@@ -104,6 +104,13 @@ class Model:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def size_multiple(self) -> int:
+        """What frame sides must be multiples of (pixels): one latent cell times the UNet's
+        downsampling, ``vae_scale_factor * 2 ** (down blocks - 1)`` (every down block but the
+        last halves the latents): 64 for Stable Diffusion and the embedded model."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    @property
     def native_size(self) -> int:
         """Image side length (pixels) the UNet was configured for (512 for SD 1.5)."""
         size = self.unet.config.sample_size
