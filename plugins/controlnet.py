@@ -14,13 +14,9 @@ ControlNet acts on both CFG branches with ``control_scale`` at every step.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
+from typing import TYPE_CHECKING, Literal
 
 from tokenflow import (
-    EditRun,
-    EditStep,
     Injection,
     KeyframeEditor,
     ModelError,
@@ -31,8 +27,12 @@ from tokenflow import (
     get_extractor,
     hookimpl,
     load_controlnet,
+    sdedit_steps,
     strength_first_step,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenflow import EditRun, EditStep
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,15 @@ class ControlNetEditor(KeyframeEditor):
     def sdedit(self) -> bool:
         return self.params.mode == "sdedit"
 
-    def key_inputs(self, pm, model) -> dict:
-        """The ControlNet weights' content and the extractor's version are inputs of the output."""
+    def check(self, pm) -> None:
+        """Before the model loads: a ControlNet is named and the control extractor exists."""
         if not self.params.controlnet:
             raise StageError("the controlnet editor needs -o controlnet DIR_OR_HUB_ID")
+        get_extractor(pm, self.params.control)
+
+    def key_inputs(self, pm, model) -> dict:
+        """The ControlNet weights' content and the extractor's version are inputs of the output."""
+        self.check(pm)
         extractor = get_extractor(pm, self.params.control)
         try:
             key = controlnet_key(self.params.controlnet, base=model.root)
@@ -87,7 +92,12 @@ class ControlNetEditor(KeyframeEditor):
     def first_step(self, run: EditRun) -> int:
         return strength_first_step(run, self.params.strength, self.name) if self.sdedit else 0
 
+    def skipped_steps(self, steps: int) -> int:
+        return sdedit_steps(steps, self.params.strength)[0] if self.sdedit else 0
+
     def start(self, run: EditRun) -> dict:
+        import torch
+
         state = super().start(run)
         extractor = get_extractor(run.ctx.pm, self.params.control)
         try:
@@ -106,7 +116,7 @@ class ControlNetEditor(KeyframeEditor):
         images = run.editor_state["control"][frames]
         scale = float(self.params.control_scale)
 
-        def residuals(x: torch.Tensor, t: int, emb: torch.Tensor) -> dict:
+        def residuals(x, t: int, emb) -> dict:
             cond = images.repeat(x.shape[0] // images.shape[0], 1, 1, 1)
             down, mid = net(x, t, encoder_hidden_states=emb, controlnet_cond=cond,
                             conditioning_scale=scale, return_dict=False)

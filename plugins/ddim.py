@@ -1,30 +1,32 @@
-"""Inversion stage ``ddim``: deterministic DDIM inversion of every frame (docs/algorithm.md section 1)."""
+"""Inversion stage ``ddim``: deterministic DDIM inversion of every frame (docs/algorithm.md section 1).
+
+torch and the helpers that need it are imported where they are used, so that importing this
+plugin (to check a run's parameters) does not load torch.
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tokenflow import (
     FRAME,
     INVERSION,
     LATENT_DIMS,
     TIMESTEP,
-    BackgroundWriter,
     Params,
     StageBase,
     StageContext,
     StageError,
-    create_array,
-    ddim_scheduler,
-    editing_grid,
+    check_inversion_grid,
     hookimpl,
-    to_epsilon,
-    write_coord,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ class DDIMInversionParams(Params):
 
 def inversion_grid(model, steps: int) -> list[int]:
     """The inversion timesteps, ascending (t_1 < t_2 < ...)."""
+    from tokenflow import ddim_scheduler
+
     return sorted(int(t) for t in ddim_scheduler(model, steps).timesteps)
 
 
-@torch.no_grad()
 def invert(model, x0: torch.Tensor, text: torch.Tensor, grid: list[int], keep: set[int],
            on_step=None, batch_size: int = 8, start: int = 0,
            x_start: torch.Tensor | None = None) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
@@ -57,34 +60,39 @@ def invert(model, x0: torch.Tensor, text: torch.Tensor, grid: list[int], keep: s
     x)`` is called after each step. To resume, ``start`` is the first step to run and
     ``x_start`` the latents after step ``start - 1``.
     """
-    scheduler = model.scheduler
-    alphas = scheduler.alphas_cumprod.to(torch.float64)
-    a_final = float(scheduler.final_alpha_cumprod)
-    # always the standard memory format: convolutions may hand back channels-last tensors, and
-    # a layout that differs after a resume would change the last bits of the result
-    x = (x0 if start == 0 else x_start).clone().contiguous()
-    kept: dict[int, torch.Tensor] = {}
-    a_prev = a_final if start == 0 else float(alphas[grid[start - 1]])
-    for index, t in enumerate(grid):
-        if index < start:
-            continue
-        a_t = float(alphas[t])
-        parts = []
-        for s in range(0, x.shape[0], batch_size):
-            xb = x[s:s + batch_size]
-            emb = text.expand(xb.shape[0], -1, -1).to(model.device, model.dtype)
-            out = model.unet(xb.to(model.device, model.dtype), t, encoder_hidden_states=emb,
-                             return_dict=False)[0].to(torch.float32)
-            eps = to_epsilon(out, xb, a_t, model.prediction_type)
-            x0_hat = (xb - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
-            parts.append(a_t ** 0.5 * x0_hat + (1 - a_t) ** 0.5 * eps)
-        x = torch.cat(parts).contiguous()
-        a_prev = a_t
-        if t in keep:
-            kept[t] = x.clone()
-        if on_step is not None:
-            on_step(index, t, x)
-    return kept, x
+    import torch
+
+    from tokenflow import to_epsilon
+
+    with torch.no_grad():
+        scheduler = model.scheduler
+        alphas = scheduler.alphas_cumprod.to(torch.float64)
+        a_final = float(scheduler.final_alpha_cumprod)
+        # always the standard memory format: convolutions may hand back channels-last tensors, and
+        # a layout that differs after a resume would change the last bits of the result
+        x = (x0 if start == 0 else x_start).clone().contiguous()
+        kept: dict[int, torch.Tensor] = {}
+        a_prev = a_final if start == 0 else float(alphas[grid[start - 1]])
+        for index, t in enumerate(grid):
+            if index < start:
+                continue
+            a_t = float(alphas[t])
+            parts = []
+            for s in range(0, x.shape[0], batch_size):
+                xb = x[s:s + batch_size]
+                emb = text.expand(xb.shape[0], -1, -1).to(model.device, model.dtype)
+                out = model.unet(xb.to(model.device, model.dtype), t, encoder_hidden_states=emb,
+                                 return_dict=False)[0].to(torch.float32)
+                eps = to_epsilon(out, xb, a_t, model.prediction_type)
+                x0_hat = (xb - (1 - a_prev) ** 0.5 * eps) / a_prev ** 0.5
+                parts.append(a_t ** 0.5 * x0_hat + (1 - a_t) ** 0.5 * eps)
+            x = torch.cat(parts).contiguous()
+            a_prev = a_t
+            if t in keep:
+                kept[t] = x.clone()
+            if on_step is not None:
+                on_step(index, t, x)
+        return kept, x
 
 
 class DDIMInversion(StageBase):
@@ -102,16 +110,27 @@ class DDIMInversion(StageBase):
         per = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
         return per * n * (ctx.config.steps + 2)
 
+    def frame_evaluations(self, ctx: StageContext) -> int:
+        """Every frame through the UNet once per inversion step."""
+        return len(ctx.frames) * self.params.inversion_steps
+
+    def check(self, config, checkpoint) -> None:
+        """Before the model loads: every editing timestep must be on the inversion grid."""
+        try:
+            check_inversion_grid(checkpoint.scheduler_config, config.steps,
+                                 self.params.inversion_steps)
+        except ValueError as exc:
+            raise StageError(str(exc)) from None
+
     def run(self, ctx: StageContext) -> None:
+        import torch
+
+        from tokenflow import BackgroundWriter, create_array, editing_grid, write_coord
+
         model, out = ctx.model, ctx.output
+        self.check(ctx.config, model.checkpoint)
         grid = inversion_grid(model, self.params.inversion_steps)
         editing = editing_grid(model, ctx.config.steps)
-        missing = sorted(set(editing) - set(grid))
-        if missing:
-            raise StageError(
-                f"editing timesteps {missing[:4]} are not on the {len(grid)}-step inversion grid; "
-                f"use --inversion-steps a multiple of --steps ({ctx.config.steps})"
-            )
         batch = int(ctx.options.get("unet_batch", ctx.config.batch_size))
         progress = ctx.progress
         resumed = progress is not None and progress.done("x0")

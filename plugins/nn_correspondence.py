@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from tokenflow import (
     CORRESPONDENCE,
@@ -25,16 +23,14 @@ from tokenflow import (
     REF,
     TIMESTEP,
     TOKEN,
-    BackgroundWriter,
-    FeatureReader,
     Params,
-    SourcePass,
     StageBase,
     StageContext,
-    create_array,
     hookimpl,
-    write_coord,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -70,6 +66,9 @@ def reference_frames(keyframes: np.ndarray, n_frames: int, batch_size: int, mode
 def nearest_tokens(frames: torch.Tensor, reference: torch.Tensor, batch: int = 4) -> torch.Tensor:
     """For each token of ``frames`` (F, S, C), the index of the most cosine-similar token of
     ``reference`` (S', C): (F, S) int64. ``batch`` frames at a time bound the (S, S') memory."""
+    import torch
+    import torch.nn.functional as F
+
     b = F.normalize(reference, dim=-1).transpose(0, 1)
     out = [torch.matmul(F.normalize(frames[s:s + batch], dim=-1), b).argmax(dim=-1)
            for s in range(0, frames.shape[0], batch)]
@@ -94,7 +93,24 @@ class NNCorrespondence(StageBase):
         tokens = sum(s[0] for p, s in shapes.items() if p.endswith(".attn1"))
         return 4 * 2 * n * ctx.config.steps * tokens
 
+    def frame_evaluations(self, ctx: StageContext) -> int:
+        """0 when the feature store keeps its tokens; otherwise, at most: a source pass per
+        step and group of frames, on the group's frames and the keyframes they read from outside
+        it (one per group but the first with ``chunk`` references, up to two with ``nearest``)."""
+        features = ctx.stages.get(FEATURES)
+        if features is None or getattr(features.params, "store_tokens", True):
+            return 0
+        n = len(ctx.frames)
+        group = max(1, int(ctx.options.get("unet_batch", ctx.config.batch_size)))
+        groups = -(-n // group)
+        outside = groups - 1 if self.params.references == "chunk" else 2 * groups
+        return ctx.config.steps * (n + outside)
+
     def run(self, ctx: StageContext) -> None:
+        import torch
+
+        from tokenflow import BackgroundWriter, FeatureReader, SourcePass, create_array, write_coord
+
         feats = FeatureReader(ctx.inputs[FEATURES], SourcePass(ctx.model, ctx.inputs[INVERSION]))
         keyframes = np.asarray(ctx.inputs[KEYFRAMES]["keyframes"][...])
         steps, n = len(feats.timesteps), feats.n_frames

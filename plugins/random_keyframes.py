@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from tokenflow import (
     CHUNK,
@@ -20,10 +19,7 @@ from tokenflow import (
     Params,
     StageBase,
     StageContext,
-    create_array,
     hookimpl,
-    read_timesteps,
-    write_coord,
 )
 
 
@@ -36,6 +32,8 @@ class RandomKeyframeParams(Params):
 
 def draw_keyframes(n_frames: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     """(steps, K) keyframe indices, K = ceil(n_frames / batch_size)."""
+    import torch
+
     if n_frames < 1 or batch_size < 1:
         raise ValueError("need at least one frame and a batch size of at least 1")
     generator = torch.Generator().manual_seed(seed)
@@ -62,7 +60,12 @@ class RandomKeyframes(StageBase):
     def estimate_bytes(self, ctx: StageContext) -> int:
         return 8 * ctx.config.steps * -(-len(ctx.frames) // ctx.config.batch_size)
 
+    def frame_evaluations(self, ctx: StageContext) -> int:
+        return 0
+
     def run(self, ctx: StageContext) -> None:
+        from tokenflow import create_array, read_timesteps, write_coord
+
         inv = ctx.inputs[INVERSION]
         timesteps = read_timesteps(inv)
         n = int(inv["latents"].shape[1])

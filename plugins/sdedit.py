@@ -17,17 +17,21 @@ With 50 steps and the default strength 0.9 that is 45 steps, from ``t_5`` (times
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenflow import (
     FEATURES,
     INVERSION,
-    EditRun,
     KeyframeEditor,
     TextParams,
     check_strength,
     hookimpl,
+    sdedit_steps,
     strength_first_step,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenflow import EditRun
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,9 @@ class SDEditEditor(KeyframeEditor):
 
     def first_step(self, run: EditRun) -> int:
         return strength_first_step(run, self.params.strength, self.name)
+
+    def skipped_steps(self, steps: int) -> int:
+        return sdedit_steps(steps, self.params.strength)[0]
 
 
 class SDEditFramesEditor(SDEditEditor):

@@ -10,21 +10,25 @@ of these calls and step with the keyframe call's own prediction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from tokenflow import (
     BLENDER,
     CORRESPONDENCE,
-    EditStep,
+    EDITOR,
     Params,
     StageBase,
     StageError,
     hookimpl,
     opt_in,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tokenflow import EditStep
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,26 @@ class TokenFlowBlender(StageBase):
         latents = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
         return n * (ctx.config.steps * latents + h * w * 3)
 
+    def frame_evaluations(self, ctx) -> int:
+        """The propagation calls: every frame (but the keyframes with ``reuse_keyframes``) in
+        the editor's branches at every step it runs; none after an editor that does not
+        propagate."""
+        editor = ctx.stages.get(EDITOR)
+        if editor is None or not getattr(editor, "propagates", True):
+            return 0
+        n, steps = len(ctx.frames), ctx.config.steps
+        frames = n - -(-n // ctx.config.batch_size) if self.params.reuse_keyframes else n
+        step_branches = getattr(editor, "step_branches", None)
+        branches = step_branches(steps) if step_branches is not None else [2] * steps
+        return frames * sum(branches)
+
     def upstream_params(self, config) -> dict:
         refs = "chunk" if self.params.weights == "reference" else "nearest"
         return {CORRESPONDENCE: {"references": refs}}
 
     def blend_step(self, step: EditStep, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
         run = step.run
         corr = run.correspondence
         if corr is None:

@@ -10,10 +10,9 @@ instead of storing them twice (see docs/cache.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
 from tokenflow import (
     CHANNEL,
@@ -26,20 +25,15 @@ from tokenflow import (
     TOKEN,
     TOKEN_DIMS,
     WIDTH,
-    BackgroundWriter,
-    Int8Grid,
     Params,
-    SourcePass,
     StageBase,
     StageContext,
     StageError,
-    create_array,
-    group_name,
     hookimpl,
-    layer_shapes,
-    self_attention_layers,
-    write_coord,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 @dataclass(frozen=True)
@@ -81,6 +75,8 @@ class UNetFeatures(StageBase):
 
     def estimate_bytes(self, ctx: StageContext) -> int:
         """Bytes before compression (int8 typically compresses to half of that or less)."""
+        from tokenflow import layer_shapes
+
         n, h, w = ctx.frames.shape[:3]
         f = ctx.model.vae_scale_factor
         shapes = layer_shapes(ctx.model.unet, (h // f, w // f))
@@ -91,7 +87,24 @@ class UNetFeatures(StageBase):
         steps = ctx.config.steps
         return n * item * (steps * tokens + self.conv_steps(steps) * conv)
 
+    def frame_evaluations(self, ctx: StageContext) -> int:
+        """A source pass of every frame at every editing step (only the conv steps when no
+        tokens are stored)."""
+        steps = ctx.config.steps
+        return len(ctx.frames) * (steps if self.params.store_tokens else self.conv_steps(steps))
+
     def run(self, ctx: StageContext) -> None:
+        from tokenflow import (
+            BackgroundWriter,
+            Int8Grid,
+            SourcePass,
+            create_array,
+            group_name,
+            layer_shapes,
+            self_attention_layers,
+            write_coord,
+        )
+
         model, out, params = ctx.model, ctx.output, self.params
         inv = ctx.inputs[INVERSION]
         for path in params.conv_layers:
@@ -213,6 +226,8 @@ class UNetFeatures(StageBase):
 
     @staticmethod
     def _group(out, name: str, timesteps, n: int, channels: int):
+        from tokenflow import write_coord
+
         if name in out:
             return out[name]
         g = out.create_group(name)
@@ -223,6 +238,8 @@ class UNetFeatures(StageBase):
 
 
 def _host(value: torch.Tensor) -> np.ndarray:
+    import torch
+
     return value.to(torch.float32).cpu().numpy()
 
 

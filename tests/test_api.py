@@ -62,7 +62,7 @@ def test_edit_takes_a_loaded_model_and_reuses_the_cache(tf_tiny_model, tf_video,
     ({"editor": "no-such-editor"}, True, "unknown editor 'no-such-editor'"),
     ({"stages": {"nonsense": "x"}}, True, "unknown stage kind 'nonsense'"),
     ({"options": [("editor.pnp_attn_t", "2")]}, True, "pnp_attn_t must be between 0 and 1"),
-    ({"video": "no/such/video.mp4"}, False, "no/such/video.mp4"),
+    ({"video": "no/such/video.mp4"}, True, "no/such/video.mp4"),  # a bad path: usage
 ])
 def test_edit_errors_are_one_line_edit_errors(tf_tiny_model, tf_video, tmp_path: Path, kwargs,
                                               usage, message) -> None:

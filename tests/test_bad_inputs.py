@@ -214,7 +214,7 @@ def _cache_is_a_file(world: World, tmp: Path) -> dict:
 
 
 CASES = [
-    Case("missing-file", 1, "Error:", ("no such file", "nope.mp4"),
+    Case("missing-file", 2, "Error:", ("no such file", "nope.mp4"),
          lambda w, t: {"video": t / "nope.mp4"}),
     Case("random-bytes", 1, "Error:", ("cannot read video", "noise.mp4", "not a video"), _random_bytes),
     Case("text-file-named-mp4", 1, "Error:", ("cannot read video", "notes.mp4", "not a video"), _text_mp4),
@@ -260,7 +260,7 @@ CASES = [
     Case("empty-prompt", 2, "Error:", ("--prompt", "empty"), lambda w, t: {"prompt": "  "}),
     Case("over-long-prompt", 0, "note:", ("longer than 77 tokens", "truncated"),
          lambda w, t: {"prompt": " ".join(["a blue ball on the red floor"] * 20)}),
-    Case("not-a-checkpoint", 1, "Error:", ("not a diffusers Stable Diffusion checkpoint",),
+    Case("not-a-checkpoint", 2, "Error:", ("not a diffusers Stable Diffusion checkpoint",),
          lambda w, t: {"model": _frames_folder(t, [Image.fromarray(gray_clip()[0])]).parent}),
     Case("v-prediction-checkpoint", 0, "model:", ("v_prediction prediction",),
          lambda w, t: {"model": _v_prediction(t)}),
@@ -268,8 +268,8 @@ CASES = [
          lambda w, t: {"model": _model_copy(w, t, _sdxl_index)}),
     Case("read-only-cache", 1, "Error:", ("ro-cache", "not writable"),
          lambda w, t: {"cache": _read_only_cache(w, t), "prompt": "a red box"}, root_skip=True),
-    Case("cache-dir-is-a-file", 1, "Error:", ("is a file",), _cache_is_a_file),
-    Case("out-holds-another-run", 1, "Error:", ("holds another result", "--overwrite"),
+    Case("cache-dir-is-a-file", 2, "Error:", ("is a file",), _cache_is_a_file),
+    Case("out-holds-another-run", 2, "Error:", ("holds another result", "--overwrite"),
          _out_of_another_run),
 ]
 

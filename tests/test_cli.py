@@ -321,7 +321,7 @@ def test_bad_arguments_give_one_line_and_compute_nothing(world: World, tmp_path:
 def test_missing_video_file(world: World, tmp_path: Path) -> None:
     missing = tmp_path / "nope.mp4"
     result = world.run(video=missing, out=tmp_path / "out", cache=tmp_path / "cache")
-    _one_line_error(result, 1, "no such file", str(missing))
+    _one_line_error(result, 2, "no such file", str(missing))
     assert not (tmp_path / "out").exists()
 
 
@@ -335,7 +335,7 @@ def test_existing_output_of_another_run_needs_overwrite(world: World, tmp_path: 
 
     other = ["--frames", "4"]  # and another prompt: a different result with fewer frames
     refused = world.run(*other, prompt="a red box", out=out)
-    _one_line_error(refused, 1, str(out), "--overwrite")
+    _one_line_error(refused, 2, str(out), "--overwrite")
     assert json.loads((out / "run.json").read_text())["keys"] == doc_a["keys"]
     assert (out / "edited.mp4").read_bytes() == edited_a
     assert len(list((out / "frames").glob("*.png"))) == N
@@ -361,7 +361,7 @@ def test_existing_directory_with_other_files_is_refused(world: World, tmp_path: 
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     result = world.run(out=out)
-    _one_line_error(result, 1, "--overwrite")
+    _one_line_error(result, 2, "--overwrite")
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "run.json").exists()
 
@@ -386,7 +386,7 @@ def test_out_that_is_a_file_is_a_one_line_error(world: World, tmp_path: Path) ->
     out.write_text("not a directory")
     for extra in ([], ["--overwrite"]):
         result = world.run(*extra, out=out)
-        _one_line_error(result, 1, str(out))
+        _one_line_error(result, 2, str(out))
         assert out.read_text() == "not a directory"
 
 
@@ -394,7 +394,7 @@ def test_cache_dir_that_is_a_file_is_a_one_line_error(world: World, tmp_path: Pa
     cache = tmp_path / "a-file"
     cache.write_text("not a directory")
     result = world.run(out=tmp_path / "out", cache=cache)
-    _one_line_error(result, 1, str(cache))
+    _one_line_error(result, 2, str(cache))
     assert cache.read_text() == "not a directory"
 
 

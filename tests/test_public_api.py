@@ -83,6 +83,18 @@ def test_importing_tokenflow_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_loading_the_builtin_plugins_does_not_import_torch() -> None:
+    """A run's parameters are checked against the stages' Params before torch loads (errors in
+    about a second): the built-in plugins import torch, diffusers and the machinery that needs
+    them where they use it, and the public names they import at the top do not."""
+    code = ("import sys; from tokenflow.api import plugins; pm, registry = plugins(); "
+            "print(sum(len(v) for v in registry.stages.values()), "
+            "[m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    count, loaded = out.stdout.strip().split(" ", 1)
+    assert int(count) >= 10 and loaded == "[]", out.stdout
+
+
 # ----------------------------------------------------------------------------------- protocols
 
 

@@ -15,8 +15,9 @@ Running an edit::
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from tokenflow.lazy import resolve
 
 __version__ = "0.1.0"
 
@@ -51,13 +52,14 @@ _export("tokenflow.editing.loop", "EditRun", "EditStep", "EditorOutput", "start_
 _export("tokenflow.editing.attention", "self_attention_layers")
 _export("tokenflow.editing.source", "SourcePass")
 _export("tokenflow.editing.diffusion", "ddim_scheduler", "editing_grid", "to_epsilon")
+_export("tokenflow.editing.grids", "timestep_grid", "check_inversion_grid")
 _export("tokenflow.editing.editors", "KeyframeEditor", "Injection", "TextParams", "PnPParams",
         "guided", "check_strength", "sdedit_steps", "strength_first_step", "PNP_QK_LAYERS",
         "PNP_CONV_LAYERS", "DEFAULT_NEGATIVE_PROMPT")
 _export("tokenflow.editing.controls", "ControlExtractor", "get_extractor")
 # models
 _export("tokenflow.models", "Model", "ModelError", "load_model", "load_controlnet",
-        "controlnet_key")
+        "controlnet_key", "Checkpoint")
 # running an edit
 _export("tokenflow.api", "edit", "invert", "prepare", "EditResult", "EditError", "Source")
 _export("tokenflow.cache.lookup", "StageResult")
@@ -70,14 +72,7 @@ __all__ = sorted([*_EXPORTS, *_MODULES, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _MODULES:
-        value = importlib.import_module(_MODULES[name])
-    else:
-        raise AttributeError(f"module 'tokenflow' has no attribute {name!r}")
-    globals()[name] = value  # resolved once
-    return value
+    return resolve(globals(), name, _EXPORTS, _MODULES)
 
 
 def __dir__() -> list[str]:
@@ -100,6 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from tokenflow.editing.attention import self_attention_layers
     from tokenflow.editing.controls import ControlExtractor, get_extractor
     from tokenflow.editing.diffusion import ddim_scheduler, editing_grid, to_epsilon
+    from tokenflow.editing.grids import check_inversion_grid, timestep_grid
     from tokenflow.editing.editors import (
         DEFAULT_NEGATIVE_PROMPT,
         PNP_CONV_LAYERS,
@@ -117,7 +113,14 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from tokenflow.editing.source import SourcePass
     from tokenflow.embedded import world
     from tokenflow.hookspecs import hookimpl, hookspec
-    from tokenflow.models import Model, ModelError, controlnet_key, load_controlnet, load_model
+    from tokenflow.models import (
+        Checkpoint,
+        Model,
+        ModelError,
+        controlnet_key,
+        load_controlnet,
+        load_model,
+    )
     from tokenflow.params import ParamError, Params, opt_in
     from tokenflow.stages import (
         BLENDER,

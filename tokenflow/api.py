@@ -55,7 +55,7 @@ def cache_root(value: str | os.PathLike | None) -> Path:
     refused if it is a file."""
     root = Path(value or os.environ.get(CACHE_ENV) or "cache")
     if root.exists() and not root.is_dir():
-        raise EditError(f"--cache-dir {root} is a file, not a directory")
+        raise EditError(f"--cache-dir {root} is a file, not a directory", usage=True)
     return root
 
 
@@ -153,6 +153,20 @@ def prepare(video, *, model=None, revision: str | None = None, device=None, dtyp
     return Source(model=loaded, clip=clip, frames=resized, framing=framing)
 
 
+def described(model=None, *, revision: str | None = None, device=None, dtype=None):
+    """``model`` described from its files without loading its weights
+    (:func:`tokenflow.models.describe_model`), for a plan; a loaded model is returned as it is."""
+    from tokenflow.models import Model, ModelError, describe_model
+
+    if isinstance(model, Model):
+        return model
+    quiet_libraries()
+    try:
+        return describe_model(model, device=device, dtype=dtype, revision=revision)
+    except ModelError as exc:
+        raise EditError(str(exc)) from exc
+
+
 # --------------------------------------------------------------------------------- planning
 
 
@@ -223,6 +237,7 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
     arguments, then ``options`` (``-o KEY VALUE`` pairs); ``stages`` picks other installed
     stages (``{kind: name}``), ``editor`` the editor. ``until="features"`` plans inversion and
     the feature store only."""
+    from tokenflow.arguments import flag_params
     from tokenflow.cache.store import video_name
     from tokenflow.manager import blame
     from tokenflow.plan import build_job
@@ -230,11 +245,9 @@ def plan_edit(source: Source, *, prompt: str | None = None, editor: str | None =
     choices = stage_choices(stages, editor)
     pm, registry = plugins(pm, registry)
     config = RunConfig(steps=steps, batch_size=batch_size)
-    params = {
-        "inversion": {"prompt": inversion_prompt, "inversion_steps": inversion_steps},
-        "keyframes": {"seed": seed},
-        "editor": {"prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance},
-    }
+    params = flag_params(prompt=prompt, inversion_prompt=inversion_prompt,
+                         negative_prompt=negative_prompt, guidance=guidance, seed=seed,
+                         inversion_steps=inversion_steps)
     try:
         job = build_job(pm, source.model, source.frames, config, cache=cache_root(cache_dir),
                         registry=registry, choices=choices, params=params,
@@ -302,6 +315,9 @@ class EditResult:
     notes: list[str] = field(default_factory=list)
     #: The outputs' size, as ``run.json`` says it: ``{"width", "height", "as"}``.
     output: dict[str, Any] | None = None
+    #: With ``dry_run``: what the run would do (:class:`tokenflow.plan_report.RunPlan`); then
+    #: ``results`` is empty.
+    plan: Any = None
 
     @property
     def keys(self) -> dict[str, str]:
@@ -339,12 +355,12 @@ class EditResult:
 def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
          overwrite: bool = False, cache_dir=None, options: Sequence[tuple[str, Any]] | Mapping
          = (), stages: Mapping[str, str] | None = None, inversion_prompt: str | None = None,
-         negative_prompt: str | None = None, guidance: float | None = None, seed: int = 1,
+         negative_prompt: str | None = None, guidance: float | None = None, seed: int | None = 1,
          steps: int = 50, inversion_steps: int | None = None, batch_size: int = 8,
          frames: int | None = None, stride: int = 1, size=None, device=None, dtype=None,
          revision: str | None = None, unet_batch: int | None = None, cache_budget=None,
          pm=None, registry=None, progress: Progress | None = None, log: Log | None = None,
-         quiet: bool = True, output_size="source") -> EditResult:
+         quiet: bool = True, output_size="source", dry_run: bool = False) -> EditResult:
     """Edit ``video`` to follow ``prompt`` with TokenFlow, as ``tf run`` does.
 
     ``video``: a video file or frame folder, a :class:`tokenflow.video.Video`, or a
@@ -359,8 +375,12 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
     ``"working"``, a short side or ``"WxH"``/``(W, H)``. ``progress(description, done,
     total)`` is called as long stages advance;
     ``log(line)`` receives notes; ``quiet=False`` shows tqdm bars on stderr. Raises
-    :class:`EditError`.
+    :class:`EditError`; every check that needs neither torch nor the model
+    (:mod:`tokenflow.arguments`) runs before they load. ``dry_run``: plan only, with the model
+    described from its files (:func:`tokenflow.models.describe_model`: no weights loaded) and
+    nothing computed or written; the result's ``plan`` says what the run would do.
     """
+    from tokenflow.arguments import check_run, flag_params
     from tokenflow.outputs import check_output_dir, output_entry, say_output_size, write_outputs
 
     start = time.perf_counter()
@@ -376,7 +396,17 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
 
     root = cache_root(cache_dir)
     pm, registry = plugins(pm, registry, log=note)
-    stage_choices(stages, editor)  # cheap checks before the model loads
+    pairs = list(options.items()) if isinstance(options, Mapping) else list(options)
+    out = Path(out) if out is not None else None
+    check_run(  # every check that needs no model, before torch and the model load
+        video, pm=pm, registry=registry, model=video.model if isinstance(video, Source) else model,
+        revision=revision, choices=stage_choices(stages, editor), options=pairs,
+        params=flag_params(prompt=prompt, inversion_prompt=inversion_prompt,
+                           negative_prompt=negative_prompt, guidance=guidance, seed=seed,
+                           inversion_steps=inversion_steps),
+        steps=steps, batch_size=batch_size, size=size, out=out, overwrite=overwrite)
+    if dry_run and not isinstance(video, Source):
+        model = described(model, revision=revision, device=device, dtype=dtype)
     source = video if isinstance(video, Source) else prepare(
         video, model=model, revision=revision, device=device, dtype=dtype, frames=frames,
         stride=stride, size=size, log=note)
@@ -386,7 +416,6 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
     if source.model.prompt_truncated(prompt):
         note(f"note: the prompt is longer than {source.model.tokenizer.model_max_length} tokens "
              "and was truncated")
-    pairs = list(options.items()) if isinstance(options, Mapping) else list(options)
     job = plan_edit(source, prompt=prompt, editor=editor, stages=stages, options=pairs,
                     inversion_prompt=inversion_prompt, negative_prompt=negative_prompt,
                     guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
@@ -395,10 +424,18 @@ def edit(video, *, prompt: str, editor: str | None = None, model=None, out=None,
                     progress=progress)
     for line in prompt_notes(job):
         note(line)
-    out = Path(out) if out is not None else None
-    try:
-        if out is not None:
+    if out is not None:
+        try:
             check_output_dir(out, job.keys[BLENDER], overwrite=overwrite)
+        except FileExistsError as exc:
+            raise EditError(str(exc), usage=True) from exc
+    if dry_run:
+        from tokenflow.plan_report import describe_job
+
+        return EditResult(job=job, results={}, source=source, out=out, notes=notes,
+                          seconds=time.perf_counter() - start,
+                          plan=describe_job(job, out))
+    try:
         results = run_job(job, note)
         result = EditResult(job=job, results=results, source=source, out=out, notes=notes,
                             output=output)
@@ -454,8 +491,15 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
            quiet: bool = True) -> InvertResult:
     """Run inversion and the feature store only (as ``tf invert``); with ``check``, regenerate
     from the inverted noise and report the reconstruction PSNR per frame."""
+    from tokenflow.arguments import check_run, flag_params
+
     root = cache_root(cache_dir)
     pm, registry = plugins(pm, registry, log=log)
+    check_run(video, pm=pm, registry=registry, model=model, revision=revision,
+              choices=stage_choices(stages, None), options=list(options), until=FEATURES,
+              params=flag_params(inversion_prompt=inversion_prompt,
+                                 inversion_steps=inversion_steps),
+              steps=steps, batch_size=batch_size, size=size)
     source = prepare(video, model=model, revision=revision, device=device, dtype=dtype,
                      frames=frames, stride=stride, size=size, log=log)
     job = plan_edit(source, stages=stages, options=list(options), seed=None,
@@ -474,5 +518,5 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
     return result
 
 
-__all__ = ["EditError", "EditResult", "InvertResult", "Source", "edit", "invert", "plan_edit",
-           "prepare", "run_job"]
+__all__ = ["EditError", "EditResult", "InvertResult", "Source", "described", "edit", "invert",
+           "plan_edit", "prepare", "run_job"]

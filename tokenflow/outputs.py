@@ -36,21 +36,26 @@ def output_dir_for(video: str | os.PathLike) -> Path:
     return Path("out") / safe_name(stem)
 
 
-def _same_run(out: Path, blender_key: str) -> bool:
+def _previous_key(out: Path) -> str | None:
+    """The blender key of the run whose outputs ``out`` holds, if it holds one."""
     try:
         previous = json.loads((out / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return previous.get("keys", {}).get("blender") == blender_key
+        return previous.get("keys", {}).get("blender")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
-def check_output_dir(out: Path, blender_key: str, *, overwrite: bool) -> None:
-    """:class:`FileExistsError` unless ``out`` may receive this run's outputs."""
+def check_output_dir(out: Path, blender_key: str | None, *, overwrite: bool) -> None:
+    """:class:`FileExistsError` unless ``out`` may receive this run's outputs. With
+    ``blender_key`` None (before the run's keys are known) only what needs no key is checked: a
+    file, or a folder that holds something other than a run's outputs."""
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite and not _same_run(out, blender_key):
-        raise FileExistsError(f"output directory {out} exists and holds another result; "
-                              "use --overwrite or another --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        previous = _previous_key(out)
+        if previous is None or (blender_key is not None and previous != blender_key):
+            raise FileExistsError(f"output directory {out} exists and holds another result; "
+                                  "use --overwrite or another --out")
 
 
 def _size(height: int, width: int) -> dict[str, int]:

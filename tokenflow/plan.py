@@ -57,6 +57,23 @@ def resolve_option(stages: Mapping[str, type], key: str) -> tuple[str, str]:
     return owners[0], key
 
 
+#: Where a planned parameter's value comes from (:func:`plan`'s ``sources``), weakest first; a
+#: value a downstream stage imposes (``upstream_params``) is marked with that stage instead.
+SOURCES = ("default", "model", "flag", "-o")
+
+
+def suggested(defaults: Mapping[str, Any] | None, kind: str, cls: type) -> dict[str, Any]:
+    """The values a model's suggestions (``{"kind.param": value}`` or ``{"name.param": value}``,
+    its ``tokenflow.json`` defaults) give the parameters of stage class ``cls`` of ``kind``."""
+    fields = param_fields(cls.Params)
+    out = {}
+    for key, value in (defaults or {}).items():
+        head, _, name = key.partition(".")
+        if head in (kind, cls.name) and name in fields:
+            out[name] = value
+    return out
+
+
 def plan(
     registry: Registry,
     config: RunConfig,
@@ -66,6 +83,7 @@ def plan(
     options: list[tuple[str, str]] | None = None,
     until: str = BLENDER,
     defaults: Mapping[str, Any] | None = None,
+    sources: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The stage instances of a run, in pipeline order.
 
@@ -76,7 +94,9 @@ def plan(
     weakest of all: used where neither a flag nor ``-o`` gives a value, ignored for stages of this
     run that lack the parameter.
     Parameters that downstream stages need upstream (``upstream_params``) are applied here; a
-    user value that contradicts one is an error.
+    user value that contradicts one is an error. ``sources``, if given, is filled with where
+    every parameter's value comes from: ``{kind: {param: source}}``, a source being one of
+    :data:`SOURCES` or the stage that imposed it (``"editor 'pnp'"``).
     """
     choices = {**DEFAULT_STAGES, **(choices or {})}
     unknown = set(choices) - set(KINDS)
@@ -86,21 +106,20 @@ def plan(
     roots = [EDITOR, BLENDER] if until == BLENDER else [until]
     active = _closure(classes, roots)
     classes = {k: c for k, c in classes.items() if k in active}
-    values: dict[str, dict[str, Any]] = {k: {} for k in classes}
-    for key, value in (defaults or {}).items():
-        head, _, name = key.partition(".")
-        for kind, cls in classes.items():
-            if head in (kind, cls.name) and name in param_fields(cls.Params):
-                values[kind][name] = value
+    values: dict[str, dict[str, Any]] = {k: suggested(defaults, k, c) for k, c in classes.items()}
+    origin: dict[str, dict[str, str]] = {k: {n: "model" for n in v} for k, v in values.items()}
     for kind, given in (params or {}).items():
         if kind in classes:
             fields = param_fields(classes[kind].Params)
-            values[kind].update({k: v for k, v in given.items() if k in fields and v is not None})
+            flags = {k: v for k, v in given.items() if k in fields and v is not None}
+            values[kind].update(flags)
+            origin[kind].update({k: "flag" for k in flags})
     user: dict[str, dict[str, Any]] = {k: {} for k in classes}
     for key, value in options or []:
         kind, name = resolve_option(classes, key)
         values[kind][name] = value
         user[kind][name] = value
+        origin[kind][name] = "-o"
     stages: dict[str, Any] = {}
     for kind in reversed(KINDS):
         if kind not in classes:
@@ -122,7 +141,11 @@ def plan(
                             f"'{stage.name}', which needs {needed}"
                         )
                 values[up_kind][name] = needed
+                origin[up_kind][name] = f"{kind} '{stage.name}'"
         stages[kind] = stage
+    if sources is not None:
+        sources.update({kind: {name: origin[kind].get(name, "default")
+                               for name in param_fields(classes[kind].Params)} for kind in classes})
     return {kind: stages[kind] for kind in KINDS if kind in stages}
 
 
@@ -135,6 +158,31 @@ def _call_with_known(method, **arguments):
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return method(**arguments)
     return method(**{k: v for k, v in arguments.items() if k in params})
+
+
+def run_checks(stages: Mapping[str, Any], *, pm: Any = None, config: RunConfig | None = None,
+               model: Any = None, checkpoint: Any = None, before_model: bool = False) -> None:
+    """Call stages' optional ``check`` with the arguments each declares, by name.
+
+    ``before_model`` (the argument checks of :mod:`tokenflow.arguments`, before torch and the
+    model load): the checks that declare no ``model``, given ``pm``, ``config`` and
+    ``checkpoint``; one that declares ``checkpoint`` only when it is known (the model's files
+    are on this machine). Otherwise (a job being built): the checks that declare no
+    ``checkpoint``, given ``pm``, ``model`` and ``config``; a check on the checkpoint is one of
+    the arguments, not of the job (a stage repeats it when it runs if it must hold)."""
+    import inspect
+
+    for stage in stages.values():
+        check = getattr(stage, "check", None)
+        if check is None:
+            continue
+        declared = inspect.signature(check).parameters
+        if before_model:
+            if "model" in declared or ("checkpoint" in declared and checkpoint is None):
+                continue
+            _call_with_known(check, pm=pm, config=config, checkpoint=checkpoint)
+        elif "checkpoint" not in declared:
+            _call_with_known(check, pm=pm, model=model, config=config)
 
 
 def compute_keys(stages: Mapping[str, Any], *, model_key: str, video_hash: str,
@@ -173,8 +221,8 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
               quiet: bool = True, runtime: Mapping[str, Any] | None = None) -> Job:
     """Plan a run and hash its keys, as ``tf run`` does (the model's suggested defaults, then
     ``params``, then ``options``), calling each stage's optional ``check(pm, model, config)``
-    (any subset of those arguments) to refuse a run that cannot work before anything is
-    computed. ``cache``: a :class:`tokenflow.cache.StageCache` or its
+    (any subset of those arguments; :func:`run_checks`) to refuse a run that cannot work before
+    anything is computed. ``cache``: a :class:`tokenflow.cache.StageCache` or its
     directory; ``runtime``: knobs that do not change outputs (``unet_batch``). Raises
     :class:`ParamError` or :class:`StageError` for a run that cannot be planned."""
     from tokenflow.cache.store import StageCache
@@ -182,20 +230,20 @@ def build_job(pm, model, frames, config: RunConfig, *, cache, registry: Registry
     from tokenflow.video import frames_hash
 
     registry = registry if registry is not None else build_registry(pm)
+    sources: dict[str, dict[str, str]] = {}
     stages = plan(registry, config, choices=choices, params=params,
                   options=[tuple(o) for o in options or []], until=until,
-                  defaults=getattr(model, "defaults", None))
-    for stage in stages.values():
-        check = getattr(stage, "check", None)
-        if check is not None:  # a run that cannot work fails now, before anything is computed
-            _call_with_known(check, pm=pm, model=model, config=config)
+                  defaults=getattr(model, "defaults", None), sources=sources)
+    # a run that cannot work fails now, before anything is computed
+    run_checks(stages, pm=pm, model=model, config=config)
     keys = compute_keys(stages, model_key=model.key, video_hash=frames_hash(frames),
                         config=config, pm=pm, model=model)
     store = cache if isinstance(cache, StageCache) else StageCache(cache)
     knobs = {"unet_batch": config.batch_size, **(runtime or {})}
     base = StageContext(model=model, frames=frames, config=config, keys=keys, stages=stages,
                         cache=store, quiet=quiet, hook=pm.hook, pm=pm, options=knobs)
-    return Job(pm=pm, stages=stages, keys=keys, base=base, registry=registry)
+    return Job(pm=pm, stages=stages, keys=keys, base=base, registry=registry, sources=sources)
 
 
-__all__ = ["DEFAULT_STAGES", "build_job", "compute_keys", "plan", "resolve_option"]
+__all__ = ["DEFAULT_STAGES", "SOURCES", "build_job", "compute_keys", "plan", "resolve_option",
+           "run_checks", "suggested"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tokenflow.cache.lookup import CacheLookup, StageResult
-from tokenflow.cache.quantized import quiet_numcodecs
 from tokenflow.hookspecs import hookimpl
 from tokenflow.memory import release_memory
 from tokenflow.stages import BLENDER, EDITOR, STEP_KINDS, StageContext, StageError
@@ -87,6 +86,9 @@ class Job:
     failed_hook: str | None = None
     #: The registry the stages came from (names the plugin of each stage in error messages).
     registry: Any = None
+    #: Where each stage parameter's value came from: ``{kind: {param: source}}``
+    #: (:func:`tokenflow.plan.plan`'s ``sources``).
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def pending(self) -> list[str]:
         """Kinds whose store is not in the cache yet."""
@@ -110,6 +112,8 @@ class Job:
         """Run every stage through ``run_stage`` with the lifecycle hooks around it (zarr's
         notice that the int8 store's delta codec is outside the zarr v3 specification is
         silenced meanwhile: see :mod:`tokenflow.cache.quantized`)."""
+        from tokenflow.cache.quantized import quiet_numcodecs  # torch: only once a run starts
+
         with warnings.catch_warnings():
             quiet_numcodecs()
             return self._run()

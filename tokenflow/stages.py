@@ -75,8 +75,9 @@ class Stage(Protocol):
 
     Optional, on any kind: ``summary`` (one line for ``tf stages``); ``reads_config`` (the
     :class:`RunConfig` fields the output depends on; default ``("steps",)``);
-    ``upstream_params(config)``, ``estimate_bytes(ctx)``, ``check(pm, model, config)`` and
-    ``key_inputs(pm, model)`` (see :class:`StageBase`).
+    ``upstream_params(config)``, ``estimate_bytes(ctx)``, ``frame_evaluations(ctx)``,
+    ``check(pm, model, config, checkpoint)`` and ``key_inputs(pm, model)`` (see
+    :class:`StageBase`).
     """
 
     kind: ClassVar[str]
@@ -235,9 +236,21 @@ class StageBase:
         """Bytes this stage will write to its store (for the size printed before a run)."""
         return 0
 
-    # Optional: ``check(self, pm, model, config) -> None`` (any subset of the arguments, by name):
-    # raise StageError for a run that cannot work (a word not in the prompt, a missing file), so
-    # it fails when planned rather than after the upstream stages ran.
+    def frame_evaluations(self, ctx: StageContext) -> int | None:
+        """UNet frame-evaluations this stage will make (one frame through the UNet once; a
+        call on F frames in B branches is F x B), for the plan ``tf run --dry-run`` prints.
+        None (the default): the stage does not say; return 0 for a stage that runs no UNet.
+        ``ctx`` is as for :meth:`estimate_bytes`: ``ctx.stages`` holds the run's other stages,
+        ``ctx.model`` may be a model described without its weights (``model.weights`` False)."""
+        return None
+
+    # Optional: ``check(self, pm, model, config, checkpoint) -> None`` (any subset of the
+    # arguments, by name): raise StageError for a run that cannot work (a word not in the prompt,
+    # a missing file), so it fails when planned rather than after the upstream stages ran. A
+    # check that declares no ``model`` also runs before torch and the model load (errors in
+    # about a second). One that declares ``checkpoint`` (a tokenflow.Checkpoint: the model's id,
+    # directory, suggested defaults and scheduler config, read from its files) runs only then,
+    # when the model's files are on this machine: repeat it in ``run`` if it must hold.
     # Optional: ``key_inputs(self, pm, model) -> dict``: more inputs of the output that the params
     # only name (the hash of weights a path points at, the version of a helper looked up by
     # name). JSON-able; hashed into this stage's key. Raise StageError if they cannot be resolved.

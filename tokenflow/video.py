@@ -65,6 +65,22 @@ class Video:
 # --------------------------------------------------------------------------- reading
 
 
+def check_source(path: str | os.PathLike[str]) -> Path:
+    """The path of a video file or frame folder that exists, can be read and has a supported
+    type, checked without decoding anything; :class:`VideoError` otherwise."""
+    source = os.fspath(path)
+    p = Path(source)
+    if not p.exists():
+        raise VideoError(f"no such file or directory: {source}")
+    if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        raise VideoError(f"cannot read {source}: permission denied")
+    suffix = p.suffix.lower()
+    if not p.is_dir() and suffix not in VIDEO_SUFFIXES | {".gif"}:
+        known = ", ".join(sorted(s[1:] for s in VIDEO_SUFFIXES | {".gif"}))
+        raise VideoError(f"unsupported file type {suffix or '(none)'!r}: {source} (expected {known}, or a folder of frames)")
+    return p
+
+
 def read_video(path: str | os.PathLike[str], *, frames: int | None = None, stride: int = 1) -> Video:
     """Decode a video file (mp4/mov/webm/mkv/avi/gif) or a folder of PNG/JPG frames.
 
@@ -80,21 +96,14 @@ def read_video(path: str | os.PathLike[str], *, frames: int | None = None, strid
     if frames is not None and (isinstance(frames, bool) or not isinstance(frames, int) or frames < 1):
         raise VideoError(f"frames must be a positive integer, got {frames!r}")
 
-    p = Path(source)
-    if not p.exists():
-        raise VideoError(f"no such file or directory: {source}")
+    p = check_source(source)
     notes: tuple[str, ...] = ()
     if p.is_dir():
         data, fps, notes = _read_folder(p, frames, stride)
+    elif p.suffix.lower() == ".gif":
+        data, fps = _read_with_imageio(p, "pillow", frames, stride)
     else:
-        suffix = p.suffix.lower()
-        if suffix == ".gif":
-            data, fps = _read_with_imageio(p, "pillow", frames, stride)
-        elif suffix in VIDEO_SUFFIXES:
-            data, fps = _read_with_imageio(p, "FFMPEG", frames, stride)
-        else:
-            known = ", ".join(sorted(s[1:] for s in VIDEO_SUFFIXES | {".gif"}))
-            raise VideoError(f"unsupported file type {suffix or '(none)'!r}: {source} (expected {known}, or a folder of frames)")
+        data, fps = _read_with_imageio(p, "FFMPEG", frames, stride)
     if data.shape[0] == 0:
         raise VideoError(f"no frames: {source}")
     return Video(frames=data, fps=fps / stride, source=source, stride=stride, notes=notes)

@@ -30,17 +30,22 @@ from tokenflow.cli.evaluate import require_plotting, scorer_instances
 @click.option("--editor", default=None, help="Editor stage (see tf stages).  [default: pnp]")
 @click.option("--negative-prompt", default=None, help="Unconditional branch text.")
 @click.option("--guidance", default=None, type=float, help="Classifier-free guidance scale (7.5).")
-@click.option("--seed", default=1, show_default=True, type=int, help="Keyframe draws.")
+@click.option("--seed", default=None, type=int, help="Keyframe draws.  [default: 1]")
 @click.option("--out", "out_dir", default=None, help="Output directory (default out/<video name>).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output of a different run.")
 @click.option("--output-size", default="source", show_default=True, callback=output_size_option,
               metavar="source|working|S|WxH",
               help="Size of edited.mp4, frames/, source.mp4 and side_by_side.mp4: the source's, "
                    "the working size (as edited), short side S, or WxH.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (stages, parameters and where they come from, cached or to "
+                   "compute, bytes, UNet frame-evaluations) and exit: no weights load, nothing "
+                   "is computed or written.")
 @common_input_options
 def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwrite, output_size,
-        model, revision, device, dtype, inversion_prompt, steps, inversion_steps, batch_size,
-        n_frames, stride, size, unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
+        dry_run, model, revision, device, dtype, inversion_prompt, steps, inversion_steps,
+        batch_size, n_frames, stride, size, unet_batch, cache_dir, cache_budget, options,
+        stage_choices, quiet):
     """Edit VIDEO to follow --prompt with TokenFlow (inversion, keyframe edit, propagation)."""
     from tokenflow.outputs import output_dir_for
 
@@ -56,9 +61,15 @@ def run(video, prompt, editor, negative_prompt, guidance, seed, out_dir, overwri
             guidance=guidance, seed=seed, steps=steps, inversion_steps=inversion_steps,
             batch_size=batch_size, frames=n_frames, stride=stride, size=size, pm=pm,
             registry=registry, unet_batch=unet_batch, cache_budget=cache_budget,
-            log=logger(quiet), quiet=quiet, output_size=output_size)
+            log=logger(quiet), quiet=quiet, output_size=output_size, dry_run=dry_run)
     except EditError as exc:
         raise fail(exc) from None
+    if dry_run:
+        for line in result.plan.lines():
+            click.echo(line)
+        say(quiet, f"dry run ({result.seconds:.1f} s): no weights loaded, nothing computed or "
+                   "written")
+        return
     stats = result.results["blender"].stats
     if stats:
         per_step = stats["unet_frame_evals"] / max(1, stats["steps"])
@@ -133,6 +144,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
     source's own as the floor), side_by_side.mp4 (source | each edit, labelled),
     contact_sheet.png (rows = methods, columns = evenly spaced frames) and metrics.png.
     """
+    from tokenflow.arguments import check_size, check_video
     from tokenflow.eval.compare import evaluate_edit, parse_method, run_methods, write_comparison
     from tokenflow.outputs import output_dir_for
 
@@ -140,6 +152,8 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
     require_plotting()  # metrics.png comes last: say now if it cannot be drawn
     try:
         root = api.cache_root(cache_dir)
+        check_video(video)  # before torch and the model load
+        check_size(size)
     except EditError as exc:
         raise fail(exc) from None
     pm, registry = manager_and_registry()

@@ -141,22 +141,65 @@ def uninstall(name, quiet) -> None:
     click.echo(f"uninstalled {dist} {version}: plugins {', '.join(eps)}")
 
 
+def _suggestions(model: str | None) -> tuple[dict | None, list[str]]:
+    """The parameters ``model`` suggests (its ``tokenflow.json``; None without ``--model``) and
+    notes on them, read from its files."""
+    from tokenflow.models.checkpoints import ModelError, read_checkpoint
+
+    if model is None:
+        return None, []
+    embedded = model == "embedded" and not Path(model).is_dir()
+    try:
+        checkpoint = read_checkpoint(None if embedded else model)
+    except ModelError as exc:
+        raise click.UsageError(f"--model: {exc}") from None
+    if checkpoint is None:
+        return {}, [f"{model} is not on this machine (a Hub model not in the local cache): "
+                    "no suggestions read, tokenflow's defaults shown"]
+    n = len(checkpoint.defaults)
+    return checkpoint.defaults, [f"model {checkpoint.model_id}: its tokenflow.json suggests {n} "
+                                 f"parameter{'s' * (n != 1)}; a run's flags, -o and what other "
+                                 "stages need override them (tf run --dry-run shows a run's)"]
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
-def stages(as_json) -> None:
-    """List installed stages by kind, with their parameters, and the control extractors."""
+@click.option("--model", default=None, metavar="M",
+              help="Show the values a run on model M uses: its suggested parameters (the "
+                   "checkpoint's tokenflow.json) applied, with where each value comes from "
+                   "(default or model); 'embedded' is the embedded model. Nothing is loaded.")
+def stages(as_json, model) -> None:
+    """List installed stages by kind, with their parameters, and the control extractors.
+
+    The defaults listed are the stages' own; a model may suggest others in its tokenflow.json
+    (the embedded model does), and a run on it uses those: --model M shows them.
+    """
     from tokenflow.editing.controls import control_extractors
     from tokenflow.eval.scoring import collect_scorers
+    from tokenflow.plan import suggested
 
     pm, registry = manager_and_registry()
+    defaults, notes = _suggestions(model)
+    used: set[str] = set()
     doc = {}
     for kind in KINDS:
         doc[kind] = []
         for name, cls in sorted(registry.stages[kind].items()):
             fields = {p: {"type": type_label(h), "default": d}
                       for p, (h, d) in param_fields(cls.Params).items()}
+            if defaults is not None:
+                given = suggested(defaults, kind, cls)
+                used.update(key for key in defaults for p in given
+                            if key in (f"{kind}.{p}", f"{name}.{p}"))
+                for p, info in fields.items():
+                    info.update(value=given.get(p, info["default"]),
+                                source="model" if p in given else "default")
             doc[kind].append({"name": name, "version": cls.version, "plugin": registry.owner(kind, name),
                               "summary": getattr(cls, "summary", ""), "params": fields})
+    if defaults is not None:
+        notes += [f"the model suggests {key}, which no installed stage has"
+                  for key in defaults if key not in used]
+        doc["model"] = {"model": model, "suggestions": defaults, "notes": notes}
     try:
         extractors = control_extractors(pm)
     except StageError as exc:
@@ -172,12 +215,20 @@ def stages(as_json) -> None:
     if as_json:
         click.echo(json.dumps(doc, indent=2, default=str))
         return
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     for kind in KINDS:
         click.echo(f"{kind}:")
         for item in doc[kind]:
             click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']}): {item['summary']}")
             for p, info in item["params"].items():
-                click.echo(f"      {p}: {info['type']} = {info['default']!r}")
+                if "source" not in info:
+                    click.echo(f"      {p}: {info['type']} = {info['default']!r}")
+                elif info["source"] == "model":
+                    click.echo(f"      {p}: {info['type']} = {info['value']!r}  (model; "
+                               f"default {info['default']!r})")
+                else:
+                    click.echo(f"      {p}: {info['type']} = {info['value']!r}  (default)")
     click.echo("control extractors (-o control NAME):")
     for item in doc["control_extractors"]:
         click.echo(f"  {item['name']} (v{item['version']}, {item['plugin']})")

@@ -8,17 +8,18 @@ is injected (:meth:`KeyframeEditor.injection`), where on the grid the loop start
 (:meth:`KeyframeEditor.first_step`) and what else the UNet gets
 (:meth:`KeyframeEditor.unet_extra`). A third-party editor may subclass it the same way, or
 implement the protocol from scratch.
+
+Importing this module does not import torch or the editing loop (they load when an edit runs), so
+that a plugin subclassing :class:`KeyframeEditor` can be imported, and its parameters checked,
+before torch loads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from tokenflow.editing.loop import EditorOutput, EditRun, EditStep, start_latents
 from tokenflow.params import Params, opt_in
 from tokenflow.stages import (
     CORRESPONDENCE,
@@ -29,6 +30,11 @@ from tokenflow.stages import (
     StageBase,
     StageError,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from tokenflow.editing.loop import EditorOutput, EditRun, EditStep
 
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
 #: Self-attention layers whose queries and keys PnP injects (module-path prefixes): every
@@ -179,6 +185,12 @@ class KeyframeEditor(StageBase):
         """The grid index the loop starts at (0: from the fully inverted noise)."""
         return 0
 
+    def skipped_steps(self, steps: int) -> int:
+        """How many steps of a ``steps``-step grid the loop skips before :meth:`first_step`,
+        known before the run (for the plan's count of UNet work): 0 by default. A subclass
+        that overrides ``first_step`` overrides this to match."""
+        return 0
+
     def unet_extra(self, step: EditStep, frames: list[int]):
         """Extra UNet inputs for a call on ``frames`` (``EditRun.call_unet``'s ``extra``), or
         None. The ControlNet editor returns its residuals."""
@@ -192,6 +204,29 @@ class KeyframeEditor(StageBase):
         f = ctx.model.vae_scale_factor
         latents = 4 * ctx.model.unet.config.in_channels * (h // f) * (w // f)
         return ctx.config.steps * k * (latents + 8)
+
+    def step_branches(self, steps: int) -> list[int]:
+        """The branches of this editor's UNet calls at each index of a ``steps``-step grid: 2
+        where classifier-free guidance runs, 1 outside the ``cfg_from`` .. ``cfg_until`` window
+        (the conditional branch alone), 0 on the steps the loop skips. The blender's calls
+        through :meth:`predict` have the same branches."""
+        first = self.skipped_steps(steps)
+        return [0 if i < first else 2 if self.guided_at(i, steps) else 1 for i in range(steps)]
+
+    def frame_evaluations(self, ctx) -> int:
+        """The keyframe calls (every frame's calls when the editor does not propagate), and the
+        source passes that read the injected queries and keys when the feature store keeps no
+        tokens."""
+        n, steps = len(ctx.frames), ctx.config.steps
+        k = n if not self.propagates else -(-n // ctx.config.batch_size)
+        branches = self.step_branches(steps)
+        evals = k * sum(branches)
+        features = ctx.stages.get(FEATURES)
+        if features is not None and not getattr(features.params, "store_tokens", True):
+            inject = self.injection(steps)
+            if inject.qk_layers:
+                evals += k * sum(1 for i in range(min(steps, inject.qk_steps)) if branches[i])
+        return evals
 
     def conv_layers(self, run: EditRun) -> Sequence[str]:
         return self.injection(len(run.timesteps)).conv_layers
@@ -212,6 +247,8 @@ class KeyframeEditor(StageBase):
         return {"text": text, "qk_layers": qk, "injection": inject}
 
     def initial_latents(self, run: EditRun) -> torch.Tensor:
+        from tokenflow.editing.loop import start_latents
+
         return start_latents(run, run.timesteps[self.first_step(run)])
 
     def injections(self, step: EditStep, frames: list[int], *,
@@ -232,10 +269,13 @@ class KeyframeEditor(StageBase):
         """Whether this step uses classifier-free guidance (branches [uncond, cond]) or, outside
         the ``cfg_from`` .. ``cfg_until`` window of :class:`TextParams`, the conditional branch
         alone."""
-        steps = len(step.run.timesteps)
+        return self.guided_at(step.index, len(step.run.timesteps))
+
+    def guided_at(self, index: int, steps: int) -> bool:
+        """Whether index ``index`` of a ``steps``-step grid is in the guidance window."""
         lo = int(getattr(self.params, "cfg_from", 0.0) * steps)
         hi = int(getattr(self.params, "cfg_until", 1.0) * steps)
-        return lo <= step.index < hi
+        return lo <= index < hi
 
     def call_branches(self, step: EditStep, latents: torch.Tensor, frames: list[int],
                       **instructions) -> torch.Tensor:
@@ -251,6 +291,8 @@ class KeyframeEditor(StageBase):
         return guided(out, self.params.guidance_scale) if guide else out
 
     def edit_step(self, step: EditStep) -> EditorOutput:
+        from tokenflow.editing.loop import EditorOutput
+
         if not self.propagates:
             return self.edit_frames(step)
         frames = step.keyframes
@@ -272,6 +314,10 @@ class KeyframeEditor(StageBase):
         """Every frame edited on its own (no extended attention, no propagation; the UNet takes
         whole chunks, batched), then a DDIM step: what ``edit_step`` does when ``propagates`` is
         False."""
+        import torch
+
+        from tokenflow.editing.loop import EditorOutput
+
         outputs, latents = [], []
         for frames in step.run.call_groups():
             inject, conv = self.injections(step, frames)

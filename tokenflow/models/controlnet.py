@@ -7,12 +7,14 @@ import hashlib
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenflow.models.checkpoints import ModelError, read_json
 from tokenflow.models.hashing import file_digests
-from tokenflow.models.loading import Model
 from tokenflow.oneline import error_line
+
+if TYPE_CHECKING:  # pragma: no cover
+    from tokenflow.models.loading import Model
 
 
 def _controlnet_dir(controlnet: str | os.PathLike, revision: str | None = None,

@@ -9,11 +9,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tokenflow.models.checkpoints import WEIGHTS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def _write_memo(path: Path, memo: dict[str, Any]) -> None:
@@ -59,7 +60,9 @@ def file_digests(files: list[Path]) -> list[str]:
 
 
 def directory_key(root: Path, dtype: torch.dtype) -> str:
-    """Key of a checkpoint directory: weights, component configs, tokenizer and scheduler files, and dtype."""
+    """Key of a checkpoint directory: weights, component configs, tokenizer and scheduler files, and dtype.
+
+    The weights are hashed as files: nothing is loaded into torch (``dtype`` only names itself)."""
     files = [f for sub, stem in WEIGHTS for pattern in (f"{stem}.safetensors", f"{stem}-*-of-*.safetensors")
              for f in (root / sub).glob(pattern)]
     files += [root / sub / "config.json" for sub, _ in WEIGHTS]

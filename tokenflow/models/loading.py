@@ -27,13 +27,16 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from tokenflow.models.checkpoints import (
+    EMBEDDED_DIR,
+    Checkpoint,
     HUB_CONFIG_FILES,
     HUB_WEIGHT_FILES,
     MissingFiles,
     ModelError,
     check_configs,
     check_weights,
-    read_json,
+    checkpoint_extras,
+    locate_checkpoint,
 )
 from tokenflow.models.hashing import directory_key
 from tokenflow.models.vocabulary import Vocabulary
@@ -41,8 +44,8 @@ from tokenflow.oneline import error_line
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
            "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-#: Where the trained embedded default model ships (package data; ``python -m tokenflow.embedded.train export``).
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
+__all__ = ["EMBEDDED_DIR", "Model", "default_device", "default_dtype", "describe_model", "load_model",
+           "parse_dtype"]
 
 
 # --------------------------------------------------------------------------------------------- devices
@@ -97,6 +100,15 @@ class Model:
     #: The words the model knows, if its ``tokenflow.json`` declares them
     #: (:class:`tokenflow.models.vocabulary.Vocabulary`); None: no notes about prompt words.
     vocabulary: Vocabulary | None = None
+    #: False for a model described without its weights (:func:`describe_model`: the modules are
+    #: on the meta device; configs, tokenizer, scheduler, key and defaults are real).
+    weights: bool = True
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        """What stage checks that run before a model loads see of it (:class:`Checkpoint`)."""
+        return Checkpoint(model_id=self.model_id, root=self.root, defaults=dict(self.defaults),
+                          scheduler_config=dict(self.scheduler.config))
 
     @property
     def vae_scale_factor(self) -> int:
@@ -168,11 +180,12 @@ class Model:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
-    """Snapshot directory with the needed files of a Hub repo: from the cache if complete, else downloaded."""
+def _hub_snapshot(repo_id: str, revision: str | None, download: bool = True) -> Path:
+    """Snapshot directory with the needed files of a Hub repo: from the cache if complete, else
+    downloaded (unless ``download`` is False)."""
     from huggingface_hub import snapshot_download
 
-    for local_only in (True, False):
+    for local_only in (True, False) if download else (True,):
         try:
             kwargs: dict[str, Any] = {"revision": revision, "local_files_only": local_only}
             root = Path(snapshot_download(repo_id, allow_patterns=HUB_CONFIG_FILES, **kwargs))
@@ -189,24 +202,16 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
             if not local_only:
                 raise ModelError(f"{repo_id}: not a local directory, and not found in the Hugging Face cache nor "
                                  f"downloadable ({error_line(exc, 160, sentence=True)})") from None
-    raise AssertionError("unreachable")
+    raise ModelError(f"{repo_id} is not complete in the local Hugging Face cache and is not downloaded "
+                     "here (cache keys hash the weights: a run without --dry-run downloads them)")
 
 
-def _resolve(model: str | os.PathLike, revision: str | None) -> tuple[Path, str | None]:
+def _resolve(model: str | os.PathLike, revision: str | None,
+             download: bool = True) -> tuple[Path, str | None]:
     """(checkpoint directory, commit hash or None) for a local directory or a Hub id."""
-    from huggingface_hub.utils import validate_repo_id
-
-    text = os.fspath(model)
-    path = Path(text).expanduser()
-    if path.is_file():
-        raise ModelError(f"{text} is a file, not a diffusers Stable Diffusion directory (single-file "
-                         ".ckpt/.safetensors checkpoints are not supported)")
-    if not path.is_dir():
-        try:
-            validate_repo_id(text)
-        except Exception:  # noqa: BLE001
-            raise ModelError(f"{text} does not exist (neither a directory nor a Hugging Face model id)") from None
-        path = _hub_snapshot(text, revision)
+    path = locate_checkpoint(model)
+    if path is None:
+        path = _hub_snapshot(os.fspath(model), revision, download)
     name = path.resolve().name
     in_cache = path.resolve().parent.name == "snapshots" and bool(re.fullmatch(r"[0-9a-f]{40}", name))
     return path, name if in_cache else None
@@ -230,6 +235,43 @@ def _check_device(device: torch.device | str) -> torch.device:
     return dev
 
 
+def _checkpoint(model: str | os.PathLike | None, revision: str | None,
+                download: bool = True) -> tuple[str, Path, str | None, dict[str, Any]]:
+    """(model id, directory, Hub commit or None, DDIM scheduler config) of a validated checkpoint."""
+    if model is None:
+        if not (EMBEDDED_DIR / "model_index.json").is_file():
+            raise ModelError(f"the embedded model is missing from this installation ({EMBEDDED_DIR}); "
+                             "reinstall tokenflow or pass --model")
+        model_id, root, rev = "embedded", EMBEDDED_DIR, None
+    else:
+        model_id = os.fspath(model)
+        root, rev = _resolve(model, revision, download)
+    scheduler_config = check_configs(root, model_id)
+    check_weights(root, model_id)
+    return model_id, root, rev, scheduler_config
+
+
+def _device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    device = _check_device(device) if device is not None else default_device()
+    if not isinstance(dtype, torch.dtype):
+        dtype = default_dtype(device) if dtype is None else parse_dtype(dtype)
+    return device, dtype
+
+
+def _model(parts: dict[str, Any], model_id: str, root: Path, rev: str | None,
+           scheduler_config: dict[str, Any], device: torch.device, dtype: torch.dtype,
+           weights: bool) -> Model:
+    """The :class:`Model` of loaded (or meta-device) components: its key, label and defaults."""
+    family = "SD-2.x-style" if parts["unet"].config.use_linear_projection else "SD-1.x-style"
+    label = (f"{model_id}{f' @ {rev[:10]}' if rev else ''} "
+             f"({family}, {scheduler_config['prediction_type']} prediction)")
+    extras = checkpoint_extras(root)
+    return Model(**parts, scheduler=DDIMScheduler.from_config(scheduler_config), model_id=model_id,
+                 revision=rev, key=directory_key(root, dtype), device=device, dtype=dtype,
+                 label=extras.get("label", label), defaults=extras["defaults"], root=root,
+                 vocabulary=extras["vocabulary"], weights=weights)
+
+
 def load_model(model: str | os.PathLike | None, *, device: torch.device | str | None = None,
                dtype: torch.dtype | str | None = None, revision: str | None = None) -> Model:
     """Load a frozen Stable Diffusion 1.x/2.x model (eval mode, no gradients) onto ``device`` in ``dtype``.
@@ -239,19 +281,8 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
     ``device``/``dtype`` default to :func:`default_device`/:func:`default_dtype`.
     Raises :class:`ModelError` with a one-line explanation for anything unusable.
     """
-    device = _check_device(device) if device is not None else default_device()
-    if not isinstance(dtype, torch.dtype):
-        dtype = default_dtype(device) if dtype is None else parse_dtype(dtype)
-    if model is None:
-        if not (EMBEDDED_DIR / "model_index.json").is_file():
-            raise ModelError(f"the embedded model is missing from this installation ({EMBEDDED_DIR}); "
-                             "reinstall tokenflow or pass --model")
-        model_id, root, rev = "embedded", EMBEDDED_DIR, None
-    else:
-        model_id = os.fspath(model)
-        root, rev = _resolve(model, revision)
-    scheduler_config = check_configs(root, model_id)
-    check_weights(root, model_id)
+    device, dtype = _device_dtype(device, dtype)
+    model_id, root, rev, scheduler_config = _checkpoint(model, revision)
     common: dict[str, Any] = {"use_safetensors": True, "torch_dtype": dtype, "local_files_only": True}
     if importlib.util.find_spec("accelerate") is None:
         common["low_cpu_mem_usage"] = False  # what diffusers falls back to anyway, minus its warning
@@ -264,21 +295,36 @@ def load_model(model: str | os.PathLike | None, *, device: torch.device | str | 
         }
     except Exception as exc:  # noqa: BLE001 - surface library errors as one line
         raise ModelError(f"{model_id}: could not load the components ({error_line(exc, 160, sentence=True)})") from None
-    parts["scheduler"] = DDIMScheduler.from_config(scheduler_config)
-    key = directory_key(root, dtype)
-    family = "SD-2.x-style" if parts["unet"].config.use_linear_projection else "SD-1.x-style"
-    label = (f"{model_id}{f' @ {rev[:10]}' if rev else ''} "
-             f"({family}, {scheduler_config['prediction_type']} prediction)")
-    extra = read_json(root / "tokenflow.json") if (root / "tokenflow.json").is_file() else {}
-    label = extra.get("label", label)
     for name in ("unet", "vae", "text_encoder"):
         module = parts[name]
         if next(module.parameters()).dtype != dtype:  # cast only if needed: diffusers warns on every dtype .to()
             module.to(dtype=dtype)
         module.to(device).eval().requires_grad_(False)
+    return _model(parts, model_id, root, rev, scheduler_config, device, dtype, weights=True)
+
+
+def describe_model(model: str | os.PathLike | None, *, device: torch.device | str | None = None,
+                   dtype: torch.dtype | str | None = None, revision: str | None = None) -> Model:
+    """The :class:`Model` that :func:`load_model` would return, without its weights: the same
+    checks, key (the weight files are hashed, not loaded), label, defaults, tokenizer and
+    scheduler, with the UNet, VAE and text encoder built from their configs on the meta device
+    (no memory; they cannot run). What planning a run needs: ``tf run --dry-run``. A Hub model
+    must be in the local Hugging Face cache (nothing is downloaded)."""
+    from transformers import CLIPTextConfig
+
+    device, dtype = _device_dtype(device, dtype)
+    model_id, root, rev, scheduler_config = _checkpoint(model, revision, download=False)
     try:
-        vocabulary = Vocabulary.from_json(extra.get("vocabulary"))
-    except ValueError as exc:
-        raise ModelError(f"{model_id}: tokenflow.json: {exc}") from None
-    return Model(**parts, model_id=model_id, revision=rev, key=key, device=device, dtype=dtype, label=label,
-                 defaults=dict(extra.get("defaults", {})), root=root, vocabulary=vocabulary)
+        with torch.device("meta"):
+            parts = {
+                "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet")),
+                "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(root / "vae")),
+                "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(root / "text_encoder")),
+            }
+        parts["tokenizer"] = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - surface library errors as one line
+        raise ModelError(f"{model_id}: could not read the components' configs "
+                         f"({error_line(exc, 160, sentence=True)})") from None
+    for name in ("unet", "vae", "text_encoder"):  # torch's own cast: diffusers' warns needlessly
+        torch.nn.Module.to(parts[name], dtype=dtype).eval().requires_grad_(False)
+    return _model(parts, model_id, root, rev, scheduler_config, device, dtype, weights=False)
