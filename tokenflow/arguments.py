@@ -65,7 +65,8 @@ def check_size(size) -> int | tuple[int, int] | None:
     """``size`` parsed (``"512"``, ``"768x512"``), or a usage error."""
     if not isinstance(size, str):
         return size
-    from tokenflow.video import VideoError, parse_size
+    from tokenflow.sizes import parse_size
+    from tokenflow.video import VideoError
 
     try:
         return parse_size(size)
