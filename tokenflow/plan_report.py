@@ -5,6 +5,7 @@ the bytes it writes and the UNet frame-evaluations it makes."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ class RunPlan:
         """The plan as ``tf run --dry-run`` prints it."""
         out = [f"plan: {self.frames} frames of {self.width}x{self.height}, {self.steps} editing "
                f"steps, chunks of {self.batch_size} frames; model {self.model} "
-               f"(key {self.model_key[:12]}); cache {self.cache}"]
+               f"(key {self.model_key[:12]}); stage cache in {self.cache}{os.sep}"]
         for s in self.stages:
             what = {CACHED: "cached", COMPUTE: "to compute",
                     RESUME: "to compute (resumes a partial store)"}[s.status]
