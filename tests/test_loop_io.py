@@ -101,3 +101,35 @@ def test_propagation_calls_read_no_source_queries_or_keys(tf_plugin_manager, tf_
              options=[("editor.pnp_attn_t", "0.5")]).run()
     assert reads and {step for step, _ in reads} == {0, 1}  # int(0.5 * 4) steps
     assert all(count == 2 for _, count in reads)  # the K = 2 keyframes, never a chunk
+
+
+def test_the_loops_label_says_whether_frames_are_propagated_or_edited_alone() -> None:
+    from types import SimpleNamespace
+
+    from tokenflow.editing.loop import loop_label
+
+    blender = SimpleNamespace(name="tokenflow")
+    assert loop_label(SimpleNamespace(name="pnp", propagates=True), blender) == \
+        "edit (pnp + tokenflow)"
+    assert loop_label(SimpleNamespace(name="pnp-frames", propagates=False), blender) == \
+        "edit (pnp-frames, every frame edited alone)"
+
+
+def test_a_finished_bar_stays_at_100_percent(capsys) -> None:
+    """Bars are left on screen when done, at their total (tqdm redraws only every 0.1 s, so a
+    bar cleared on close could show 792/800 as its last state)."""
+    import numpy as np
+
+    from tokenflow.stages import RunConfig, StageContext
+
+    ctx = StageContext(model=None, frames=np.zeros((1, 8, 8, 3), np.uint8), config=RunConfig())
+    with ctx.bar(800, "correspondence") as bar:
+        for _ in range(800):
+            bar.update(1)
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("correspondence: 100%") and "800/800" in last, last
+    quiet = StageContext(model=None, frames=np.zeros((1, 8, 8, 3), np.uint8), config=RunConfig(),
+                         quiet=True)
+    with quiet.bar(3, "quiet") as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""

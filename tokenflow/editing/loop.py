@@ -273,6 +273,14 @@ def decode_frames(model, latents: torch.Tensor, out: zarr.Group, batch: int = 8)
     return arr
 
 
+def loop_label(editor, blender) -> str:
+    """The editing loop's progress label: ``edit (pnp + tokenflow)``; an editor that does not
+    propagate (per-frame baselines) edits every frame alone, and says so."""
+    if getattr(editor, "propagates", True):
+        return f"edit ({editor.name} + {blender.name})"
+    return f"edit ({editor.name}, every frame edited alone)"
+
+
 def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
              progress: Sequence[Any] = ()) -> EditRun:
     """Run the loop, writing the editor's and the blender's stores; returns the run (counters).
@@ -330,9 +338,7 @@ def run_edit(ctx: StageContext, editor_out: zarr.Group, blender_out: zarr.Group,
             run.unet_frames = int(counters.get("unet_frames", 0))
         else:
             latents = editor.initial_latents(run).contiguous()
-        what = (f"{editor.name} + {blender.name}" if getattr(editor, "propagates", True)
-                else f"{editor.name}, every frame edited alone")
-        with ctx.bar(steps, f"edit ({what})") as bar:
+        with ctx.bar(steps, loop_label(editor, blender)) as bar:
             bar.update(resume)
             for j, t in enumerate(ran):
                 if j < resume:
