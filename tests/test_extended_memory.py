@@ -207,3 +207,32 @@ def test_video_writer_chunks_equal_one_write(tmp_path):
             writer.write(np.zeros((1, 16, 16, 3), np.uint8))
     assert not (tmp_path / "bad.mp4").exists()
     assert not list(tmp_path.glob(".*"))
+
+
+def test_the_automatic_unet_batch_fits_a_call_in_a_fixed_budget_off_cuda():
+    """Off CUDA the automatic UNet batch is sized by an upper bound of one frame's activations
+    (whole chunks, at least one, never above the video): small models get whole videos, large
+    ones fewer frames a call, and the count does not grow with the video past the budget."""
+    from types import SimpleNamespace
+
+    from tokenflow.preflight import (
+        CPU_CALL_BYTES,
+        CPU_MAX_UNET_BATCH,
+        auto_unet_batch,
+        frame_activation_bytes,
+    )
+
+    def model(channels):
+        return SimpleNamespace(device=torch.device("cpu"), dtype=torch.float32,
+                               unet=SimpleNamespace(config=SimpleNamespace(
+                                   block_out_channels=channels)))
+
+    embedded, wall, sd = model((32, 64, 64, 64)), model((32, 64, 128, 128)), \
+        model((320, 640, 1280, 1280))
+    assert frame_activation_bytes(wall, (16, 24)) == 64 * 16 * 24 * 352 * 4
+    assert auto_unet_batch(embedded, 24, 8, (8, 8)) == 24  # the whole video
+    assert auto_unet_batch(embedded, 256, 8, (8, 8)) == CPU_MAX_UNET_BATCH
+    assert auto_unet_batch(wall, 16, 8, (16, 24)) == auto_unet_batch(wall, 256, 8, (16, 24)) == 16
+    assert auto_unet_batch(sd, 40, 8, (64, 64)) == 8  # one chunk: never below it
+    assert auto_unet_batch(wall, 5, 8, (16, 24)) == 8  # a short video: one (partial) chunk
+    assert 16 * frame_activation_bytes(wall, (16, 24)) <= CPU_CALL_BYTES

@@ -88,28 +88,41 @@ def check_memory(model, n: int, height: int, width: int, size) -> None:
             "--frames")
 
 
-#: The most frames per branch of a UNet call that ``unet_batch="auto"`` picks off CUDA. Measured
-#: on 2 CPU cores (docs/benchmarks.md, "Memory"): 16 costs the same wall time as 32 within the
-#: machine's noise (the loop's guided calls then hold 32 frames) and keeps peak memory flat from
-#: 16 frames of video up; 8 is about 17 % dearer per frame.
-CPU_UNET_BATCH = 16
+#: Off CUDA, ``unet_batch="auto"`` fits one UNet call's activations (per branch, by the upper
+#: bound of :func:`frame_activation_bytes`) in this many bytes. Measured on 2 CPU cores
+#: (docs/benchmarks.md, "Memory"): it gives 16 frames a call on issue 11's SD-2.1-shaped UNet at
+#: 128x192, which keeps peak memory flat from 16 frames of video up at the same wall time as 32
+#: (within 3 %), and whole videos of up to 64 frames on the embedded model at 64x64, whose calls
+#: are so small that fewer, larger ones pay (24 frames a call: 39 s for the README's first
+#: command, 57 s at 16).
+CPU_CALL_BYTES = 640 << 20
+#: ... and never more frames a call than this (no measured gain beyond 32 on the SD-shaped UNet).
+CPU_MAX_UNET_BATCH = 64
+
+
+def frame_activation_bytes(model, latent_hw: tuple[int, int]) -> int:
+    """An upper bound of one frame's activations in a UNet call: ``64 * latent_h * latent_w *
+    sum(block_out_channels)`` values of the model's dtype (covers SD's UNet with its attention
+    maps at every level)."""
+    import torch
+
+    return (64 * latent_hw[0] * latent_hw[1] * sum(model.unet.config.block_out_channels)
+            * torch.finfo(model.dtype).bits // 8)
 
 
 def auto_unet_batch(model, n_frames: int, batch_size: int, latent_hw: tuple[int, int]) -> int:
     """Frames per UNet call when the user gives none: whole chunks of ``batch_size``, as many as
-    the device holds. On CUDA, the free memory over an upper bound of one frame's activations
-    (``64 * latent_h * latent_w * sum(block_out_channels)`` values of the model's dtype, which
-    covers SD's UNet with its attention maps at every level); elsewhere :data:`CPU_UNET_BATCH`.
-    Never below one chunk, never above the video."""
+    the device holds by :func:`frame_activation_bytes`: on CUDA half its free memory, elsewhere
+    :data:`CPU_CALL_BYTES` (at most :data:`CPU_MAX_UNET_BATCH` frames). Never below one chunk,
+    never above the video."""
+    per_frame = max(1, frame_activation_bytes(model, latent_hw))
     if model.device.type == "cuda":
         import torch
 
         free, _ = torch.cuda.mem_get_info(model.device)
-        per_frame = (64 * latent_hw[0] * latent_hw[1] * sum(model.unet.config.block_out_channels)
-                     * torch.finfo(model.dtype).bits // 8)
-        frames = int(0.5 * free // max(1, per_frame))
+        frames = int(0.5 * free // per_frame)
     else:
-        frames = CPU_UNET_BATCH
+        frames = min(CPU_MAX_UNET_BATCH, CPU_CALL_BYTES // per_frame)
     frames = min(max(frames, batch_size), max(n_frames, batch_size))
     return max(batch_size, frames // batch_size * batch_size)
 
