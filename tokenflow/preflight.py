@@ -96,7 +96,8 @@ def check_memory(model, n: int, height: int, width: int, size) -> None:
 #: are so small that fewer, larger ones pay (24 frames a call: 39 s for the README's first
 #: command, 57 s at 16).
 CPU_CALL_BYTES = 640 << 20
-#: ... and never more frames a call than this (no measured gain beyond 32 on the SD-shaped UNet).
+#: ... and never more frames a call than this (a bound on a call's size for the smallest models;
+#: on the SD-shaped UNet 64 frames a call were no faster than 32).
 CPU_MAX_UNET_BATCH = 64
 
 
