@@ -1,0 +1,459 @@
+"""World v2 of the embedded model (in progress, issue 13): textured, shaded objects on textured
+backgrounds, filmed by a moving camera, in frames of any aspect ratio from 1:2 to 2:1.
+
+Coordinates are in units of the frame's short side, with the origin at the centre of the first
+frame; a :class:`Camera` looks at ``(x, y)`` with a ``zoom``. Objects carry a texture (stripes,
+dots, checks or rings) with an orientation, a period and a phase, attached to the object so that
+it moves and turns with it, and are shaded with a light direction and a specular highlight.
+Backgrounds are drawn from seeded value noise in world coordinates, so a camera pan shifts them
+exactly. A :class:`Clip` is a scene plus per-frame parameters; frame ``t`` is rendered from them
+alone.
+
+As in :mod:`tokenflow.embedded.world`, every background is unsaturated and every object saturated,
+so the checks below (:func:`object_masks`, :func:`texture_kind`, :func:`background_kind`,
+:func:`read_frame`) read a frame by rules, with no learned model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import cv2
+import numpy as np
+
+from tokenflow.embedded.world import COLOURS, SHAPES, _hsv_image, mask_iou, object_colour
+
+__all__ = ["COLOURS", "SHAPES", "TEXTURES", "BACKGROUNDS", "WORDS", "Thing", "Scene", "Camera",
+           "Clip", "random_scene", "random_clip", "render", "object_masks", "texture_kind",
+           "background_kind", "read_frame", "mask_iou", "object_colour"]
+
+#: Textures as caption words; "plain" adds no word.
+TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "ringed")
+#: Backgrounds as caption words ("wall" is the plain one).
+BACKGROUNDS: tuple[str, ...] = ("sand", "grass", "wood", "tiles", "wall")
+#: Every word a caption can use (each one token of the embedded tokenizer).
+WORDS: tuple[str, ...] = ("a", "and", "on", *COLOURS, *SHAPES, *TEXTURES[1:], *BACKGROUNDS)
+
+SATURATION_MIN = 0.55  # objects are drawn at >= 0.8, backgrounds at <= 0.42
+VALUE_MIN = 0.1
+#: Radius of the circle that holds each shape, in units of its radius.
+_BOUND = {"ball": 1.0, "box": 0.85 * 2 ** 0.5, "triangle": 1.35}
+
+
+@dataclass(frozen=True)
+class Thing:
+    """One object. ``x, y, radius`` in world units; angles in degrees; the texture's period is in
+    units of the radius and its phase in periods."""
+
+    shape: str
+    colour: str
+    texture: str = "plain"
+    x: float = 0.0
+    y: float = 0.0
+    radius: float = 0.25
+    angle: float = 0.0
+    texture_angle: float = 0.0
+    period: float = 0.55
+    phase: float = 0.0
+    hue_jitter: float = 0.0
+    value: float = 0.9
+
+    def words(self) -> str:
+        texture = "" if self.texture == "plain" else f"{self.texture} "
+        return f"a {self.colour} {texture}{self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    background: str
+    things: tuple[Thing, ...]
+    seed: int = 0  # the background's noise
+    tone: tuple[float, float] = (0.0, 0.0)  # hue shift (degrees) and value shift of the background
+    scale: float = 1.0  # size of the background's pattern
+    light: tuple[float, float] = (225.0, 50.0)  # azimuth and elevation of the light, degrees
+
+    def caption(self) -> str:
+        article = "a " if self.background == "wall" else ""
+        return " and ".join(t.words() for t in self.things) + f" on {article}{self.background}"
+
+    def with_thing(self, index: int, **changes) -> Scene:
+        things = list(self.things)
+        things[index] = replace(things[index], **changes)
+        return replace(self, things=tuple(things))
+
+
+@dataclass(frozen=True)
+class Camera:
+    x: float = 0.0
+    y: float = 0.0
+    zoom: float = 1.0
+
+    def extent(self, height: int, width: int) -> tuple[float, float]:
+        """Half the width and half the height of the view, in world units."""
+        short = min(height, width)
+        return width / short / 2 / self.zoom, height / short / 2 / self.zoom
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A scene (objects at their first pose) and, per frame, a camera and each object's offset
+    ``(dx, dy, dangle)`` from that pose."""
+
+    scene: Scene
+    cameras: tuple[Camera, ...]
+    offsets: tuple[tuple[tuple[float, float, float], ...], ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+    def frame(self, t: int) -> tuple[Scene, Camera]:
+        things = self.scene.things
+        if self.offsets:
+            things = tuple(replace(th, x=th.x + dx, y=th.y + dy, angle=th.angle + da)
+                           for th, (dx, dy, da) in zip(things, self.offsets[t]))
+        return replace(self.scene, things=things), self.cameras[t]
+
+    def render(self, t: int, height: int, width: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+        scene, camera = self.frame(t)
+        return render(scene, height, width, camera=camera, **kwargs)
+
+
+# --- random scenes and clips ------------------------------------------------------------------
+
+
+def _random_thing(rng: np.random.Generator, radius: float, x: float, y: float) -> Thing:
+    return Thing(
+        shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
+        texture=str(rng.choice(TEXTURES, p=(0.2, 0.2, 0.2, 0.2, 0.2))),
+        x=x, y=y, radius=radius, angle=float(rng.uniform(0, 360)),
+        texture_angle=float(rng.uniform(0, 180)), period=float(rng.uniform(0.5, 0.65)),
+        phase=float(rng.uniform(0, 1)), hue_jitter=float(rng.uniform(-7, 7)),
+        value=float(rng.uniform(0.8, 1.0)))
+
+
+def _fits(things, cameras, offsets, height: int, width: int, margin: float = 0.03,
+          gap: float = 0.06) -> bool:
+    """Every object inside every frame, and objects apart from each other, in every frame."""
+    for t, camera in enumerate(cameras):
+        half_w, half_h = camera.extent(height, width)
+        centres = []
+        for th, (dx, dy, _) in zip(things, offsets[t]):
+            x, y, bound = th.x + dx - camera.x, th.y + dy - camera.y, th.radius * _BOUND[th.shape]
+            if abs(x) + bound + margin > half_w or abs(y) + bound + margin > half_h:
+                return False
+            centres.append((x, y, bound))
+        for i, (xi, yi, bi) in enumerate(centres):
+            for xj, yj, bj in centres[:i]:
+                if np.hypot(xi - xj, yi - yj) < bi + bj + gap:
+                    return False
+    return True
+
+
+def random_clip(rng: np.random.Generator, n_frames: int = 8, *, height: int = 64,
+                width: int = 64, n_things: int | None = None, camera_motion: bool | None = None,
+                object_motion: bool | None = None) -> Clip:
+    """A random clip framed for ``height x width`` frames: one to three objects (``n_things``),
+    each inside every frame and apart from the others, with camera pan and zoom and/or object
+    motion (random when None)."""
+    if not 0.5 <= width / height <= 2:
+        raise ValueError(f"aspect ratio {width}x{height} is outside 1:2 .. 2:1")
+    n = int(rng.choice((1, 2, 3), p=(0.5, 0.3, 0.2))) if n_things is None else n_things
+    camera_motion = bool(rng.random() < 0.6) if camera_motion is None else camera_motion
+    object_motion = bool(rng.random() < 0.6) if object_motion is None else object_motion
+    scene = Scene(background=str(rng.choice(BACKGROUNDS)), things=(),
+                  seed=int(rng.integers(2 ** 31)),
+                  tone=(float(rng.uniform(-6, 6)), float(rng.uniform(-0.05, 0.05))),
+                  scale=float(rng.uniform(0.8, 1.25)),
+                  light=(float(rng.uniform(0, 360)), float(rng.uniform(35, 65))))
+    half_w, half_h = Camera().extent(height, width)
+    low, high = {1: (0.17, 0.28), 2: (0.14, 0.22), 3: (0.13, 0.16)}[n]
+    for attempt in range(300):
+        shrink = 1 - 0.5 * attempt / 300  # later attempts: smaller objects, slower motion
+        slow = max(0.0, 1 - attempt / 200)
+        things = []
+        for _ in range(n):
+            radius = float(rng.uniform(low * (0.85 + 0.15 * shrink), low + (high - low) * shrink))
+            thing = _random_thing(rng, radius, 0, 0)
+            room_x = max(0.0, half_w - thing.radius * _BOUND[thing.shape] - 0.04)
+            room_y = max(0.0, half_h - thing.radius * _BOUND[thing.shape] - 0.04)
+            things.append(replace(thing, x=float(rng.uniform(-room_x, room_x)),
+                                  y=float(rng.uniform(-room_y, room_y))))
+        pan = rng.uniform(-0.025, 0.025, 2) * slow if camera_motion else np.zeros(2)
+        zoom = float(rng.uniform(-0.012, 0.012)) * slow if camera_motion else 0.0
+        cameras = tuple(Camera(float(pan[0] * t), float(pan[1] * t), float((1 + zoom) ** t))
+                        for t in range(n_frames))
+        velocities = [(*rng.uniform(-0.025, 0.025, 2) * slow, rng.uniform(-6, 6) * slow)
+                      if object_motion else (0.0, 0.0, 0.0) for _ in range(n)]
+        offsets = tuple(tuple((float(vx * t), float(vy * t), float(va * t))
+                              for vx, vy, va in velocities) for t in range(n_frames))
+        if _fits(things, cameras, offsets, height, width):
+            return Clip(replace(scene, things=tuple(things)), cameras, offsets)
+    raise RuntimeError("could not place the objects; use fewer objects or a larger frame")
+
+
+def random_scene(rng: np.random.Generator, *, height: int = 64, width: int = 64,
+                 n_things: int | None = None) -> Scene:
+    """A random still scene framed for ``height x width`` by the default camera."""
+    clip = random_clip(rng, 1, height=height, width=width, n_things=n_things,
+                       camera_motion=False, object_motion=False)
+    return clip.scene
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _hsv(hue_deg: float, s: float, v: float) -> np.ndarray:
+    h = (hue_deg % 360) / 60
+    c = v * s
+    x = c * (1 - abs(h % 2 - 1))
+    rgb = [(c, x, 0), (x, c, 0), (0, c, x), (0, x, c), (x, 0, c), (c, 0, x)][int(h) % 6]
+    return (np.array(rgb, np.float32) + (v - c)) * 255
+
+
+def _noise(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Smooth value noise in 0..1 from a periodic lattice ``grid``, at lattice coordinates."""
+    n = grid.shape[0]
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+    fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
+    i0, j0 = x0.astype(np.int64) % n, y0.astype(np.int64) % n
+    i1, j1 = (i0 + 1) % n, (j0 + 1) % n
+    top = grid[j0, i0] * (1 - fx) + grid[j0, i1] * fx
+    bottom = grid[j1, i0] * (1 - fx) + grid[j1, i1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def _background(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """RGB float (H, W, 3) of the background at world coordinates ``x, y``."""
+    grids = np.random.default_rng(scene.seed).random((4, 64, 64)).astype(np.float32)
+    x, y = x / scene.scale, y / scene.scale
+    dh, dv = scene.tone
+    kind = scene.background
+    if kind == "sand":  # fine grain and soft wind ripples
+        base = _hsv(38 + dh, 0.3, 0.8 + dv)
+        ripple = np.sin(2 * np.pi * (5 * y + 0.25 * x + 1.2 * _noise(grids[1], 2 * x, 2 * y)))
+        shade = 1 + 0.16 * (_noise(grids[0], 45 * x, 45 * y) - 0.5) + 0.05 * ripple
+    elif kind == "grass":  # upright blades: fine across, long along
+        base = _hsv(92 + dh, 0.38, 0.52 + dv)
+        blades = _noise(grids[0], 38 * x + 3 * _noise(grids[2], 4 * x, 4 * y), 3 * y)
+        shade = 1 + 0.5 * (blades - 0.5) + 0.2 * (_noise(grids[1], 3 * x, 3 * y) - 0.5)
+    elif kind == "wood":  # planks with a wavy grain and dark seams
+        base = _hsv(26 + dh, 0.42, 0.55 + dv)
+        plank = np.floor(y / 0.22)
+        grain = np.sin(2 * np.pi * (14 * y + 2.0 * _noise(grids[1], 1.5 * x, 3 * y + 7 * plank)))
+        seam = np.abs(y / 0.22 - np.round(y / 0.22)) < 0.05
+        plank_tone = grids[0][plank.astype(np.int64) % 64, 0] - 0.5
+        shade = (1 + 0.12 * grain + 0.12 * plank_tone) * np.where(seam, 0.65, 1.0)
+    elif kind == "tiles":  # square tiles, each a little different, with dark grout
+        base = _hsv(40 + 8 * dh, 0.06, 0.8 + dv)
+        size = 0.2
+        u, v = x / size, y / size
+        grout = (np.abs(u - np.round(u)) < 0.06) | (np.abs(v - np.round(v)) < 0.06)
+        tile = grids[0][np.floor(v).astype(np.int64) % 64, np.floor(u).astype(np.int64) % 64]
+        shade = np.where(grout, 0.62, 1 + 0.1 * (tile - 0.5))
+    elif kind == "wall":  # plain, with a faint low-frequency stain
+        base = _hsv(40 + 8 * dh, 0.05, 0.72 + dv)
+        shade = 1 + 0.08 * (_noise(grids[0], 2 * x, 2 * y) - 0.5)
+    else:
+        raise ValueError(f"unknown background {kind!r}")
+    return shade[..., None] * base
+
+
+def _local(thing: Thing, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Object coordinates in units of its radius, turned with it."""
+    a = np.deg2rad(thing.angle)
+    dx, dy = (x - thing.x) / thing.radius, (y - thing.y) / thing.radius
+    return dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+
+
+def _shape_mask(thing: Thing, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    if thing.shape == "ball":
+        return u ** 2 + v ** 2 <= 1
+    if thing.shape == "box":
+        return (np.abs(u) <= 0.85) & (np.abs(v) <= 0.85)
+    if thing.shape == "triangle":  # equilateral, circumradius 1.35 (about a ball's area)
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            t = np.pi / 2 + k * 2 * np.pi / 3
+            inside &= u * np.cos(t) + v * np.sin(t) <= 0.675
+        return inside
+    raise ValueError(f"unknown shape {thing.shape!r}")
+
+
+def _texture(thing: Thing, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """True where the texture darkens the object."""
+    a = np.deg2rad(thing.texture_angle)
+    p, q = (u * np.cos(a) + v * np.sin(a)) / thing.period, (-u * np.sin(a) + v * np.cos(a)) / thing.period
+    p = p + thing.phase
+    if thing.texture == "striped":
+        return (p % 1) < 0.5
+    if thing.texture == "dotted":
+        return ((p % 1) - 0.5) ** 2 + (((q + thing.phase) % 1) - 0.5) ** 2 <= 0.3 ** 2
+    if thing.texture == "checkered":
+        return ((p % 1 < 0.5) ^ ((q + thing.phase) % 1 < 0.5))
+    if thing.texture == "ringed":
+        return (np.hypot(u, v) / thing.period + thing.phase) % 1 < 0.5
+    if thing.texture == "plain":
+        return np.zeros_like(u, dtype=bool)
+    raise ValueError(f"unknown texture {thing.texture!r}")
+
+
+def _shading(thing: Thing, u: np.ndarray, v: np.ndarray, light: tuple[float, float]
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Diffuse factor and specular weight: a sphere for balls, a shallow dome for flat shapes."""
+    az, el = np.deg2rad(light[0]), np.deg2rad(light[1])
+    lx, ly, lz = np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)
+    a = np.deg2rad(thing.angle)  # (u, v) turn with the object; the light does not
+    nx, ny = u * np.cos(a) - v * np.sin(a), u * np.sin(a) + v * np.cos(a)
+    if thing.shape == "ball":
+        nz = np.sqrt(np.clip(1 - nx ** 2 - ny ** 2, 0, 1))
+        shininess, strength = 40, 0.75
+    else:
+        nx, ny = 0.3 * nx, 0.3 * ny
+        nz = np.sqrt(np.clip(1 - nx ** 2 - ny ** 2, 0, 1))
+        shininess, strength = 12, 0.2
+    diffuse = 0.5 + 0.5 * np.clip(nx * lx + ny * ly + nz * lz, 0, 1)
+    hx, hy, hz = lx, ly, lz + 1
+    norm = np.sqrt(hx ** 2 + hy ** 2 + hz ** 2)
+    spec = strength * np.clip((nx * hx + ny * hy + nz * hz) / norm, 0, 1) ** shininess
+    return diffuse, spec
+
+
+def render(scene: Scene, height: int = 64, width: int = 64, *, camera: Camera = Camera(),
+           supersample: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, masks)``: uint8 (H, W, 3) and bool (n_things, H, W) visible-object masks.
+
+    Drawn at ``supersample`` times the size and box-filtered down, so edges are anti-aliased.
+    """
+    s = supersample
+    h, w = height * s, width * s
+    short = float(min(h, w))
+    py, px = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
+    x = camera.x + (px - w / 2) / short / camera.zoom
+    y = camera.y + (py - h / 2) / short / camera.zoom
+    image = _background(scene, x, y)
+    owner = np.full((h, w), -1, np.int64)
+    for i, thing in enumerate(scene.things):
+        u, v = _local(thing, x, y)
+        mask = _shape_mask(thing, u, v)
+        if not mask.any():
+            continue
+        hue = COLOURS[thing.colour] + thing.hue_jitter
+        base, dark = _hsv(hue, 0.85, thing.value), _hsv(hue, 0.9, thing.value * 0.5)
+        um, vm = u[mask], v[mask]
+        colour = np.where(_texture(thing, um, vm)[:, None], dark, base)
+        diffuse, spec = _shading(thing, um, vm, scene.light)
+        colour = colour * diffuse[:, None] * (1 - spec[:, None]) + 255 * spec[:, None]
+        image[mask] = colour
+        owner[mask] = i
+    image = image.reshape(height, s, width, s, 3).mean(axis=(1, 3))
+    masks = np.zeros((len(scene.things), height, width), bool)
+    for i in range(len(scene.things)):
+        masks[i] = (owner == i).reshape(height, s, width, s).mean(axis=(1, 3)) >= 0.5
+    return np.clip(np.round(image), 0, 255).astype(np.uint8), masks
+
+
+# --- reading frames ----------------------------------------------------------------------------
+
+
+def object_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels saturated and bright enough to be an object (backgrounds are all unsaturated)."""
+    _, sat, val = _hsv_image(image)
+    return (sat >= SATURATION_MIN) & (val >= VALUE_MIN)
+
+
+def object_masks(image: np.ndarray, min_pixels: int = 30) -> list[np.ndarray]:
+    """One mask per object: the connected components of :func:`object_mask` (holes such as a
+    highlight filled), largest first; specks under ``min_pixels`` are dropped."""
+    mask = object_mask(image).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    order = sorted(range(1, n), key=lambda k: -stats[k, cv2.CC_STAT_AREA])
+    out = []
+    for k in order:
+        if stats[k, cv2.CC_STAT_AREA] < min_pixels:
+            continue
+        component = (labels == k).astype(np.uint8)
+        contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        filled = np.zeros_like(component)
+        cv2.drawContours(filled, contours, -1, 1, thickness=-1)
+        out.append(filled.astype(bool))
+    return out
+
+
+def _texture_features(image: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Statistics of the object's log luminance with its smooth shading removed: contrast, the
+    fraction of dark pixels, and how the gradients turn: one way (stripes), two perpendicular ways
+    (checks), across the radius (rings)."""
+    solid = (object_mask(image) & mask).astype(np.uint8)  # without the highlight
+    inner = cv2.erode(solid, np.ones((3, 3), np.uint8), iterations=2) > 0
+    if inner.sum() < 20:
+        return dict.fromkeys(("spread", "dark", "coherence", "fourfold", "radial"), 0.0)
+    lum = np.log(image.astype(np.float32).mean(-1) + 8)
+    sigma = max(1.2, 0.25 * np.sqrt(mask.sum() / np.pi))  # a quarter radius: half a period
+    m = solid.astype(np.float32)
+    smooth = cv2.GaussianBlur(lum * m, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(m, (0, 0), sigma), 1e-3)
+    detail = (lum - smooth) * m
+    values = detail[inner]
+    low, high = np.percentile(values, (5, 95))
+    gx = cv2.Sobel(detail, cv2.CV_32F, 1, 0, ksize=3)[inner]
+    gy = cv2.Sobel(detail, cv2.CV_32F, 0, 1, ksize=3)[inner]
+    weight = gx ** 2 + gy ** 2
+    total = max(float(weight.sum()), 1e-12)
+    theta = np.arctan2(gy, gx)
+    ys, xs = np.nonzero(inner)
+    cy, cx = np.nonzero(mask)
+    phi = np.arctan2(ys - cy.mean(), xs - cx.mean())
+    return {"spread": float(np.percentile(values, 85) - np.percentile(values, 15)),
+            "dark": float((values < (low + high) / 2).mean()),
+            "coherence": float(abs((weight * np.exp(2j * theta)).sum())) / total,
+            "fourfold": float(abs((weight * np.exp(4j * theta)).sum())) / total,
+            "radial": float((weight * np.cos(2 * (theta - phi))).sum()) / total}
+
+
+def texture_kind(image: np.ndarray, mask: np.ndarray) -> str:
+    """Which of :data:`TEXTURES` the object under ``mask`` (one of :func:`object_masks`) shows."""
+    f = _texture_features(image, mask)
+    if f["spread"] < 0.15:
+        return "plain"
+    if f["radial"] > 0.8:
+        return "ringed"
+    if f["coherence"] > 0.6:
+        return "striped"
+    # checks: half the pixels dark, edges two perpendicular ways; dots: a quarter dark, round
+    return "checkered" if f["fourfold"] + 2 * (f["dark"] - 0.33) > 0.2 else "dotted"
+
+
+def _background_features(image: np.ndarray, objects: np.ndarray) -> dict[str, float]:
+    keep = cv2.dilate(objects.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=2) == 0
+    if keep.sum() < 32:
+        keep = np.ones(objects.shape, bool)
+    hue, sat, val = _hsv_image(image)
+    angles = np.deg2rad(hue[keep])
+    w = sat[keep]
+    mean_hue = np.rad2deg(np.arctan2((w * np.sin(angles)).sum(), (w * np.cos(angles)).sum())) % 360
+    lum = image.astype(np.float32).mean(-1)
+    detail = lum - cv2.GaussianBlur(lum, (0, 0), 3.0)
+    return {"hue": float(mean_hue), "sat": float(np.median(sat[keep])),
+            "value": float(np.median(val[keep])),
+            "detail": float(detail[keep].std() / max(lum[keep].mean(), 1.0))}
+
+
+def background_kind(image: np.ndarray, objects: np.ndarray | None = None) -> str:
+    """Which of :data:`BACKGROUNDS` the pixels away from ``objects`` (default: the object mask)
+    show: by their tint and by the strength of their fine detail."""
+    f = _background_features(image, object_mask(image) if objects is None else objects)
+    if f["sat"] < 0.18:
+        return "tiles" if f["detail"] > 0.04 else "wall"
+    if 60 <= f["hue"] <= 160:
+        return "grass"
+    return "sand" if f["value"] > 0.68 else "wood"
+
+
+def read_frame(image: np.ndarray) -> dict:
+    """Everything the checks read from a frame: the background and, per object (largest first),
+    its mask, colour and texture."""
+    masks = object_masks(image)
+    everything = np.any(masks, axis=0) if masks else np.zeros(image.shape[:2], bool)
+    return {"background": background_kind(image, everything),
+            "objects": [{"mask": m, "colour": object_colour(image, m), "texture": texture_kind(image, m)}
+                        for m in masks]}
