@@ -37,12 +37,13 @@ def _apply_merges(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list
         symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2:]]
 
 
-def write_tokenizer_files(directory: Path) -> None:
-    """Write ``vocab.json`` and ``merges.txt`` of the tiny CLIP BPE vocabulary into ``directory``."""
+def write_tokenizer_files(directory: Path, extra_words: tuple[str, ...] = ()) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` of the tiny CLIP BPE vocabulary into ``directory``;
+    ``extra_words`` (e.g. a new world's :data:`WORDS`) are added after the built-in ones."""
     chars = _byte_chars()
     vocab = chars + [c + "</w>" for c in chars]
     ranks: dict[tuple[str, str], int] = {}
-    for word in _TINY_WORDS:
+    for word in _words(extra_words):
         # New merges go after all existing ones, so words that already merge to one token are unaffected.
         symbols = _apply_merges([*word[:-1], word[-1] + "</w>"], ranks)
         while len(symbols) > 1:
@@ -58,12 +59,17 @@ def write_tokenizer_files(directory: Path) -> None:
     (directory / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def tiny_tokenizer(directory: str | os.PathLike) -> CLIPTokenizer:
-    """Write and load a small offline CLIP tokenizer (bytes + a few dozen whole English words, 77 tokens)."""
+def _words(extra_words: tuple[str, ...]) -> tuple[str, ...]:
+    return _TINY_WORDS + tuple(dict.fromkeys(w for w in extra_words if w not in _TINY_WORDS))
+
+
+def tiny_tokenizer(directory: str | os.PathLike, extra_words: tuple[str, ...] = ()) -> CLIPTokenizer:
+    """Write and load a small offline CLIP tokenizer (bytes + a few dozen whole English words and
+    ``extra_words``, 77 tokens)."""
     directory = Path(directory)
-    write_tokenizer_files(directory)
+    write_tokenizer_files(directory, extra_words)
     tokenizer = CLIPTokenizer.from_pretrained(directory, model_max_length=77, local_files_only=True)
-    for word in _TINY_WORDS:  # invariant: every listed word is a single token
+    for word in _words(extra_words):  # invariant: every listed word is a single token
         ids = tokenizer(word, add_special_tokens=False).input_ids
         if len(ids) != 1:
             raise RuntimeError(f"tiny tokenizer splits {word!r} into {len(ids)} tokens")

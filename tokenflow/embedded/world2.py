@@ -211,16 +211,27 @@ def _hsv(hue_deg: float, s: float, v: float) -> np.ndarray:
 
 
 def _noise(grid: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Smooth value noise in 0..1 from a periodic lattice ``grid``, at lattice coordinates."""
-    n = grid.shape[0]
+    """Smooth value noise in 0..1 from a periodic 64 x 64 lattice ``grid``, at lattice
+    coordinates."""
+    flat = grid.ravel()
     x0, y0 = np.floor(x), np.floor(y)
     fx, fy = x - x0, y - y0
     fx, fy = fx * fx * (3 - 2 * fx), fy * fy * (3 - 2 * fy)
-    i0, j0 = x0.astype(np.int64) % n, y0.astype(np.int64) % n
-    i1, j1 = (i0 + 1) % n, (j0 + 1) % n
-    top = grid[j0, i0] * (1 - fx) + grid[j0, i1] * fx
-    bottom = grid[j1, i0] * (1 - fx) + grid[j1, i1] * fx
+    i0, j0 = x0.astype(np.int32) & 63, (y0.astype(np.int32) & 63) * 64
+    i1, j1 = (i0 + 1) & 63, (j0 + 64) & 4095
+    top = flat[j0 + i0] * (1 - fx) + flat[j0 + i1] * fx
+    bottom = flat[j1 + i0] * (1 - fx) + flat[j1 + i1] * fx
     return top * (1 - fy) + bottom * fy
+
+
+def _downsample(image: np.ndarray, s: int) -> np.ndarray:
+    """Box filter by ``s`` in both directions."""
+    out = image[0::s, 0::s].astype(np.float32)
+    for dy in range(s):
+        for dx in range(s):
+            if dy or dx:
+                out += image[dy::s, dx::s]
+    return out / (s * s)
 
 
 def _background(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -242,14 +253,14 @@ def _background(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         plank = np.floor(y / 0.22)
         grain = np.sin(2 * np.pi * (14 * y + 2.0 * _noise(grids[1], 1.5 * x, 3 * y + 7 * plank)))
         seam = np.abs(y / 0.22 - np.round(y / 0.22)) < 0.05
-        plank_tone = grids[0][plank.astype(np.int64) % 64, 0] - 0.5
+        plank_tone = grids[0][plank.astype(np.int32) & 63, 0] - 0.5
         shade = (1 + 0.12 * grain + 0.12 * plank_tone) * np.where(seam, 0.65, 1.0)
     elif kind == "tiles":  # square tiles, each a little different, with dark grout
         base = _hsv(40 + 8 * dh, 0.06, 0.8 + dv)
         size = 0.2
         u, v = x / size, y / size
         grout = (np.abs(u - np.round(u)) < 0.06) | (np.abs(v - np.round(v)) < 0.06)
-        tile = grids[0][np.floor(v).astype(np.int64) % 64, np.floor(u).astype(np.int64) % 64]
+        tile = grids[0][np.floor(v).astype(np.int32) & 63, np.floor(u).astype(np.int32) & 63]
         shade = np.where(grout, 0.62, 1 + 0.1 * (tile - 0.5))
     elif kind == "wall":  # plain, with a faint low-frequency stain
         base = _hsv(40 + 8 * dh, 0.05, 0.72 + dv)
@@ -334,22 +345,28 @@ def render(scene: Scene, height: int = 64, width: int = 64, *, camera: Camera = 
     image = _background(scene, x, y)
     owner = np.full((h, w), -1, np.int64)
     for i, thing in enumerate(scene.things):
-        u, v = _local(thing, x, y)
-        mask = _shape_mask(thing, u, v)
+        # only the pixels of the circle that holds the shape
+        reach = thing.radius * _BOUND[thing.shape] * camera.zoom * short + 2
+        col = (thing.x - camera.x) * camera.zoom * short + w / 2
+        row = (thing.y - camera.y) * camera.zoom * short + h / 2
+        box = (slice(max(0, int(row - reach)), max(0, int(row + reach) + 1)),
+               slice(max(0, int(col - reach)), max(0, int(col + reach) + 1)))
+        u, v = _local(thing, x[box], y[box])
+        mask = np.zeros((h, w), bool)
+        mask[box] = _shape_mask(thing, u, v)
         if not mask.any():
             continue
+        u, v = _local(thing, x[mask], y[mask])
         hue = COLOURS[thing.colour] + thing.hue_jitter
         base, dark = _hsv(hue, 0.85, thing.value), _hsv(hue, 0.9, thing.value * 0.5)
-        um, vm = u[mask], v[mask]
-        colour = np.where(_texture(thing, um, vm)[:, None], dark, base)
-        diffuse, spec = _shading(thing, um, vm, scene.light)
+        colour = np.where(_texture(thing, u, v)[:, None], dark, base)
+        diffuse, spec = _shading(thing, u, v, scene.light)
         colour = colour * diffuse[:, None] * (1 - spec[:, None]) + 255 * spec[:, None]
         image[mask] = colour
         owner[mask] = i
-    image = image.reshape(height, s, width, s, 3).mean(axis=(1, 3))
-    masks = np.zeros((len(scene.things), height, width), bool)
-    for i in range(len(scene.things)):
-        masks[i] = (owner == i).reshape(height, s, width, s).mean(axis=(1, 3)) >= 0.5
+    image = _downsample(image, s)
+    masks = np.stack([_downsample(owner == i, s) >= 0.5 for i in range(len(scene.things))]) \
+        if scene.things else np.zeros((0, height, width), bool)
     return np.clip(np.round(image), 0, 255).astype(np.uint8), masks
 
 
@@ -365,14 +382,16 @@ def object_mask(image: np.ndarray) -> np.ndarray:
 def object_masks(image: np.ndarray, min_pixels: int = 30) -> list[np.ndarray]:
     """One mask per object: the connected components of :func:`object_mask` (holes such as a
     highlight filled), largest first; specks under ``min_pixels`` are dropped."""
-    mask = object_mask(image).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    raw = object_mask(image).astype(np.uint8)
+    # components of the mask opened (JPEG-like specks gone), grown back over the raw mask
+    opened = cv2.morphologyEx(raw, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
     order = sorted(range(1, n), key=lambda k: -stats[k, cv2.CC_STAT_AREA])
     out = []
     for k in order:
         if stats[k, cv2.CC_STAT_AREA] < min_pixels:
             continue
-        component = (labels == k).astype(np.uint8)
+        component = cv2.dilate((labels == k).astype(np.uint8), np.ones((3, 3), np.uint8)) & raw
         contours, _ = cv2.findContours(component, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         filled = np.zeros_like(component)
         cv2.drawContours(filled, contours, -1, 1, thickness=-1)
@@ -457,3 +476,42 @@ def read_frame(image: np.ndarray) -> dict:
     return {"background": background_kind(image, everything),
             "objects": [{"mask": m, "colour": object_colour(image, m), "texture": texture_kind(image, m)}
                         for m in masks]}
+
+
+#: Frame sizes the checks are measured on: square, 4:3, 16:9, 2:1 and their portraits.
+CHECK_SIZES: tuple[tuple[int, int], ...] = ((64, 64), (72, 96), (96, 72), (64, 112), (112, 64),
+                                            (96, 160), (64, 128), (128, 64))
+
+
+def measure_checks(rng: np.random.Generator, n: int = 200, blur: float = 0.0,
+                   jpeg: int | None = None) -> dict[str, float]:
+    """Accuracy of the checks on ``n`` random clip frames (sizes cycling through
+    :data:`CHECK_SIZES`), optionally blurred (Gaussian, ``blur`` pixels) and JPEG-compressed at
+    quality ``jpeg``: the fraction of frames whose object count and background are right, and of
+    objects whose colour and texture are right (an object is read from the found mask that
+    overlaps its true mask most)."""
+    right = {"count": 0, "background": 0, "colour": 0, "texture": 0}
+    n_objects = 0
+    for k in range(n):
+        height, width = CHECK_SIZES[k % len(CHECK_SIZES)]
+        clip = random_clip(rng, 4, height=height, width=width)
+        t = int(rng.integers(len(clip)))
+        image, masks = clip.render(t, height, width)
+        if blur:
+            image = np.clip(np.round(cv2.GaussianBlur(image.astype(np.float32), (0, 0), blur)), 0, 255
+                            ).astype(np.uint8)
+        if jpeg is not None:
+            _, data = cv2.imencode(".jpg", image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, jpeg])
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+        read = read_frame(image)
+        things = clip.frame(t)[0].things
+        right["count"] += len(read["objects"]) == len(things)
+        right["background"] += read["background"] == clip.scene.background
+        for thing, mask in zip(things, masks):
+            n_objects += 1
+            found = max(read["objects"], key=lambda o: mask_iou(o["mask"], mask), default=None)
+            if found is not None and mask_iou(found["mask"], mask) >= 0.5:
+                right["colour"] += found["colour"] == thing.colour
+                right["texture"] += found["texture"] == thing.texture
+    return {"count": right["count"] / n, "background": right["background"] / n,
+            "colour": right["colour"] / max(n_objects, 1), "texture": right["texture"] / max(n_objects, 1)}
