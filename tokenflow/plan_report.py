@@ -114,7 +114,8 @@ def _status(job, kind: str, stage) -> str:
             kind != BLENDER or EDITOR not in job.stages
             or cache.lookup(EDITOR, job.stages[EDITOR].name, job.keys[EDITOR]) is not None):
         return CACHED
-    return RESUME if cache.partial_path(kind, stage.name, key).is_dir() else COMPUTE
+    # a partial store with nothing marked done is discarded by the writer, not resumed
+    return RESUME if cache.partial_units(kind, stage.name, key) > 0 else COMPUTE
 
 
 def describe_job(job, out: Path | None = None) -> RunPlan:

@@ -184,14 +184,20 @@ class Progress:
         if path is not None:
             for stale in path.parent.glob(f".{path.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-        if path is not None and path.is_file():
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, ValueError):
-                doc = {}
-            if doc.get("key") == key:
-                self.tags = set(doc.get("done", []))
-                self.state = dict(doc.get("state", {}))
+        if path is not None:
+            self.tags, self.state = self.read(path, key)
+
+    @staticmethod
+    def read(path: Path, key: str) -> tuple[set[str], dict[str, Any]]:
+        """The units marked done and the state in the progress file at ``path``, if it is
+        ``key``'s (else nothing). Only reads: safe while another process writes it."""
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return set(), {}
+        if not isinstance(doc, dict) or doc.get("key") != key:
+            return set(), {}
+        return set(doc.get("done", [])), dict(doc.get("state", {}))
 
     @property
     def resumed(self) -> bool:
@@ -250,13 +256,9 @@ class StageCache:
         """Units of work an interrupted run of this entry finished (0: nothing to resume). Reads
         the progress file only; safe while another process holds the entry's lock."""
         partial = self.partial_path(kind, name, key)
-        try:
-            doc = json.loads(self.progress_path(partial).read_text())
-        except (OSError, ValueError):
+        if not partial.is_dir():
             return 0
-        if not partial.is_dir() or not isinstance(doc, dict) or doc.get("key") != key:
-            return 0
-        return len(doc.get("done", []))
+        return len(Progress.read(self.progress_path(partial), key)[0])
 
     @staticmethod
     def progress_path(partial: Path) -> Path:

@@ -45,8 +45,12 @@ class Thing:
     value: float = 0.9
 
     def words(self) -> str:
-        texture = "" if self.texture == "plain" else f"{self.texture} "
-        return f"a {self.colour} {texture}{self.shape}"
+        return thing_words(self.colour, self.texture, self.shape)
+
+
+def thing_words(colour: str, texture: str, shape: str) -> str:
+    """An object's words in a caption: ``a red [striped] ball`` ("plain" adds no word)."""
+    return f"a {colour} {'' if texture == 'plain' else texture + ' '}{shape}"
 
 
 @dataclass(frozen=True)

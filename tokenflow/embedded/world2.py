@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from tokenflow.embedded.world import COLOURS, SHAPES, _hsv_image, mask_iou, object_colour
+from tokenflow.embedded.world import thing_words
 
 __all__ = ["COLOURS", "SHAPES", "TEXTURES", "BACKGROUNDS", "WORDS", "Thing", "Scene", "Camera",
            "Clip", "random_scene", "random_clip", "render", "object_masks", "texture_kind",
@@ -59,8 +60,7 @@ class Thing:
     value: float = 0.9
 
     def words(self) -> str:
-        texture = "" if self.texture == "plain" else f"{self.texture} "
-        return f"a {self.colour} {texture}{self.shape}"
+        return thing_words(self.colour, self.texture, self.shape)
 
 
 @dataclass(frozen=True)
