@@ -1,16 +1,18 @@
-"""Quality of the embedded model, as a table (issue 3's targets in the last column).
+"""Quality of the embedded model on held-out scenes of world v2, as a table (issue 13's targets in
+the last column).
 
     python benchmarks/embedded_model.py [--model DIR] [--quick]
 
-* VAE: PSNR of encode+decode on held-out scenes.
-* Inversion: DDIM inversion (50 steps, source caption, no CFG) then regeneration, PSNR.
-* Caption following: samples from captions (50 DDIM steps, CFG 7.5); fraction whose object colour
-  (circular mean hue of the saturated pixels) and background match the caption.
-* PnP edits of single frames: "a <c> <shape> on <bg>" -> "a <c'> <shape> on <bg>" with
-  `tf run --editor pnp-frames`; fraction whose object colour becomes c', and fraction whose object
-  mask keeps IoU >= 0.8 with the source's.
+* VAE: PSNR of encode + decode on frames of every shape the model is trained at.
+* Inversion: DDIM inversion (50 steps, source caption, no CFG), then regeneration; PSNR.
+* Caption following: samples from captions (50 DDIM steps, CFG 7.5), read by the rules of
+  tokenflow.embedded.world2_checks. Colour and texture kind on one-object captions; background on
+  every caption; object count on captions naming one to three objects, in non-square frames.
+* PnP edits of single frames (``tf run --editor pnp-frames``, the model's defaults): an object's
+  colour and texture changed (``a red ball on sand`` -> ``a blue striped ball on sand``); how
+  often both show, and how often the object mask keeps IoU >= 0.8 with the source's.
 
-Scenes come from tokenflow.embedded.world with seeds the training never used.
+Scenes come from tokenflow.embedded.world2 with seeds the training never used.
 """
 
 from __future__ import annotations
@@ -25,39 +27,40 @@ import numpy as np
 import torch
 
 from tokenflow.editing.diffusion import psnr, regenerate
+from tokenflow.embedded.world2 import COLOURS, TEXTURES, random_scene, render
+from tokenflow.embedded.world2_checks import mask_iou, read_frame
 from tokenflow.models import load_model
-from tokenflow.embedded.world import (
-    BACKGROUNDS,
-    COLOURS,
-    background_kind,
-    mask_iou,
-    object_colour,
-    object_mask,
-    random_scene,
-    render,
-)
 
 HELD_OUT = 777_777
+#: (height, width): square, 4:3, 5:3, 2:1 and portraits, at the model's short sides 64 and 96.
+SHAPES = ((96, 96), (96, 128), (96, 160), (64, 128), (128, 96), (160, 96), (96, 192), (64, 64))
+NON_SQUARE = tuple(s for s in SHAPES if s[0] != s[1])
 
 
-def held_out(n: int, size: int, seed: int = HELD_OUT):
+def held_out(n: int, seed: int, shapes=SHAPES, n_things: int | None = None):
+    """``n`` (scene, shape) pairs, cycling through ``shapes``."""
     rng = np.random.default_rng(seed)
-    scenes = [random_scene(rng) for _ in range(n)]
-    return scenes, np.stack([render(s, size, size)[0] for s in scenes])
+    out = []
+    for i in range(n):
+        shape = shapes[i % len(shapes)]
+        out.append((random_scene(rng, height=shape[0], width=shape[1], n_things=n_things), shape))
+    return out
 
 
 def vae_psnr(model, n: int) -> float:
-    _, images = held_out(n, model.native_size)
-    rec = model.decode_latents(model.encode_frames(images))
-    return float(psnr(rec, images).mean())
+    values = []
+    for scene, shape in held_out(n, HELD_OUT):
+        image = render(scene, *shape)[0][None]
+        values.append(psnr(model.decode_latents(model.encode_frames(image)), image)[0])
+    return float(np.mean(values))
 
 
 def inversion_psnr(model, n: int, steps: int = 50) -> float:
     from tokenflow_plugins.ddim import invert, inversion_grid
 
-    scenes, images = held_out(n, model.native_size, HELD_OUT + 1)
     values = []
-    for scene, image in zip(scenes, images):
+    for scene, shape in held_out(n, HELD_OUT + 1):
+        image = render(scene, *shape)[0]
         text = model.encode_prompts([scene.caption()])
         x0 = model.encode_frames(image[None])
         _, x_max = invert(model, x0, text, inversion_grid(model, steps), set())
@@ -66,7 +69,7 @@ def inversion_psnr(model, n: int, steps: int = 50) -> float:
     return float(np.mean(values))
 
 
-def caption_following(model, n: int, steps: int = 50, guidance: float = 7.5) -> tuple[float, float]:
+def _pipeline(model):
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -74,62 +77,82 @@ def caption_following(model, n: int, steps: int = 50, guidance: float = 7.5) -> 
         unet=model.unet, scheduler=model.scheduler, safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    scenes, _ = held_out(n, model.native_size, HELD_OUT + 2)
-    colour = background = 0
-    for start in range(0, n, 16):
-        batch = scenes[start:start + 16]
-        images = pipe([s.caption() for s in batch], num_inference_steps=steps,
-                      guidance_scale=guidance, height=model.native_size, width=model.native_size,
-                      generator=torch.Generator().manual_seed(start), output_type="np").images
-        images = (images * 255).round().astype(np.uint8)
-        for scene, image in zip(batch, images):
-            colour += object_colour(image) == scene.things[0].colour
-            background += background_kind(image) == scene.background
-    return colour / n, background / n
+    return pipe
 
 
-def pnp_edits(model_arg: str | None, n: int, steps: int = 50) -> tuple[float, float, float]:
+def samples(model, scenes, steps: int = 50, guidance: float = 7.5, seed: int = 0):
+    """One sample per (scene, shape), generated from the scene's caption."""
+    pipe = _pipeline(model)
+    for k, (scene, shape) in enumerate(scenes):
+        image = pipe(scene.caption(), num_inference_steps=steps, guidance_scale=guidance,
+                     height=shape[0], width=shape[1], output_type="np",
+                     generator=torch.Generator().manual_seed(seed + k)).images[0]
+        yield scene, (image * 255).round().astype(np.uint8)
+
+
+def caption_following(model, n: int) -> dict[str, float]:
+    """Fractions of samples whose object colour, texture kind, background and object count are
+    what the caption says."""
+    right = dict.fromkeys(("colour", "texture", "background", "count"), 0)
+    for scene, image in samples(model, held_out(n, HELD_OUT + 2, n_things=1)):
+        read = read_frame(image)
+        right["background"] += read["background"] == scene.background
+        if len(read["objects"]) >= 1:
+            found = read["objects"][0]
+            right["colour"] += found["colour"] == scene.things[0].colour
+            right["texture"] += found["texture"] == scene.things[0].texture
+    counts = held_out(n, HELD_OUT + 4, shapes=NON_SQUARE)
+    for scene, image in samples(model, counts, seed=10_000):
+        right["count"] += len(read_frame(image)["objects"]) == len(scene.things)
+    return {k: v / n for k, v in right.items()}
+
+
+def pnp_edits(model_arg: str | None, n: int) -> dict[str, float]:
+    """Single-frame PnP edits of colour and texture with the model's defaults."""
     from click.testing import CliRunner
+    from PIL import Image
 
     from tokenflow.cli import cli
     from tokenflow.video import write_frames
 
     rng = np.random.default_rng(HELD_OUT + 3)
-    changed = kept = 0
+    right = dict.fromkeys(("colour", "texture", "kept"), 0)
     ious = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for i in range(n):
-            scene = random_scene(rng)
+        for i, (scene, shape) in enumerate(held_out(n, HELD_OUT + 3, n_things=1)):
             thing = scene.things[0]
-            target = str(rng.choice([c for c in COLOURS if c != thing.colour]))
-            edited_scene = scene.with_thing(0, colour=target)
-            image, _ = render(scene, 64, 64)
+            colour = str(rng.choice([c for c in COLOURS if c != thing.colour]))
+            texture = str(rng.choice([t for t in TEXTURES if t != thing.texture]))
+            target = scene.with_thing(0, colour=colour, texture=texture)
+            image, masks = render(scene, *shape)
             write_frames(tmp / f"src{i}", image[None])
-            args = ["run", str(tmp / f"src{i}"), "--prompt", edited_scene.caption(),
+            args = ["run", str(tmp / f"src{i}"), "--prompt", target.caption(),
                     "--inversion-prompt", scene.caption(), "--editor", "pnp-frames",
-                    "--steps", str(steps), "--cache-dir", str(tmp / "cache"),
+                    "--size", str(min(shape)), "--cache-dir", str(tmp / "cache"),
                     "--out", str(tmp / f"out{i}"), "-q"]
             if model_arg:
                 args += ["--model", model_arg]
             result = CliRunner().invoke(cli, args)
             if result.exit_code != 0:
                 raise SystemExit(result.output)
-            from PIL import Image
-
             edit = np.asarray(Image.open(tmp / f"out{i}" / "frames" / "00000.png").convert("RGB"))
-            source_mask = object_mask(np.asarray(Image.open(tmp / f"src{i}" / "00000.png")))
-            iou = mask_iou(object_mask(edit), source_mask)
+            read = read_frame(edit)
+            found = max(read["objects"], key=lambda o: mask_iou(o["mask"], masks[0]), default=None)
+            iou = mask_iou(found["mask"], masks[0]) if found is not None else 0.0
             ious.append(iou)
-            changed += object_colour(edit) == target
-            kept += iou >= 0.8
-    return changed / n, kept / n, float(np.mean(ious))
+            right["kept"] += iou >= 0.8
+            if found is not None:
+                right["colour"] += found["colour"] == colour
+                right["texture"] += found["texture"] == texture
+    return {**{k: v / n for k, v in right.items()}, "iou": float(np.mean(ious))}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a diffusers dir (default: the embedded model)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (rougher figures)")
+    parser.add_argument("--skip-edits", action="store_true", help="leave out the PnP edits")
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch.set_num_threads(2)
@@ -137,19 +160,28 @@ def main() -> None:
     q = 4 if args.quick else 1
     rows = []
     t = time.time()
-    rows.append(("VAE reconstruction PSNR (held-out scenes)", f"{vae_psnr(model, 256 // q):.2f} dB",
-                 ">= 28 dB"))
+    rows.append(("VAE reconstruction PSNR (held-out frames, 8 shapes)",
+                 f"{vae_psnr(model, 256 // q):.2f} dB", ">= 28 dB"))
     rows.append(("DDIM inversion + regeneration PSNR (50 steps)",
                  f"{inversion_psnr(model, 32 // q):.2f} dB", ">= 25 dB"))
-    colour, background = caption_following(model, 128 // q)
-    rows.append(("caption colour accuracy (samples, CFG 7.5)", f"{100 * colour:.1f} %", ">= 90 %"))
-    rows.append(("caption background accuracy", f"{100 * background:.1f} %", ">= 90 %"))
-    changed, kept, iou = pnp_edits(args.model, 40 // q)
-    rows.append(("PnP edit: object colour changed to the target", f"{100 * changed:.1f} %", ">= 90 %"))
-    rows.append(("PnP edit: object mask IoU >= 0.8 with the source", f"{100 * kept:.1f} %",
-                 f"(mean IoU {iou:.3f}) >= 0.8"))
-    print(f"embedded model quality: {model.label}; backgrounds {len(BACKGROUNDS)}, colours "
-          f"{len(COLOURS)}; {time.time() - t:.0f} s on {torch.get_num_threads()} threads\n")
+    n = 128 // q
+    caption = caption_following(model, n)
+    rows.append((f"caption colour accuracy ({n} one-object samples, CFG 7.5)",
+                 f"{100 * caption['colour']:.1f} %", ">= 90 %"))
+    rows.append(("caption texture-kind accuracy (same samples)", f"{100 * caption['texture']:.1f} %",
+                 ">= 80 %"))
+    rows.append(("caption background accuracy (same samples)", f"{100 * caption['background']:.1f} %",
+                 ">= 90 %"))
+    rows.append((f"object count as captioned ({n} non-square samples, 1-3 objects)",
+                 f"{100 * caption['count']:.1f} %", ">= 90 %"))
+    if not args.skip_edits:
+        edits = pnp_edits(args.model, 40 // q)
+        rows.append(("PnP edit of single frames: target colour", f"{100 * edits['colour']:.1f} %", ""))
+        rows.append(("same edits: target texture kind", f"{100 * edits['texture']:.1f} %", ""))
+        rows.append(("same edits: object mask IoU >= 0.8 with the source",
+                     f"{100 * edits['kept']:.1f} % (mean IoU {edits['iou']:.3f})", ""))
+    print(f"embedded model quality: {model.label}; {time.time() - t:.0f} s on "
+          f"{torch.get_num_threads()} threads\n")
     print("| measure | value | target |")
     print("|---|---|---|")
     for row in rows:

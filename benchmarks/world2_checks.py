@@ -7,7 +7,8 @@ import time
 
 import numpy as np
 
-from tokenflow.embedded.world2 import measure_checks, random_clip
+from tokenflow.embedded.world2 import random_clip
+from tokenflow.embedded.world2_checks import measure_checks
 
 
 def main() -> None:

@@ -368,3 +368,29 @@ def test_sdedit_frames_edits_every_frame_alone(tf_plugin_manager, tf_tiny_model,
     _, _, sd = _run(tf_plugin_manager, tf_tiny_model, frames, module_cache, "sdedit",
                     [("editor.strength", "0.5")])
     assert np.abs(_frames(blender) - _frames(sd)).mean() > 0.5  # propagation changes the result
+
+
+def test_pnp_injects_the_same_rule_of_layers_in_any_unet_layout(tf_tiny_model) -> None:
+    """PnP's q/k layers: every decoder self-attention but the first attention block's. In SD's
+    layout that is PNP_QK_LAYERS; a UNet with two cross-attention up blocks gets the same rule."""
+    from tokenflow.editing.attention import self_attention_layers
+    from tokenflow.editing.editors import PNP_QK_LAYERS, pnp_qk_layers
+    from tokenflow.models.checkpoints import ModelError, check_unet_layout
+    from tokenflow.testing.tiny import build_tiny_model
+
+    sd = self_attention_layers(tf_tiny_model.unet)
+    assert pnp_qk_layers(sd) == [layer for layer in sd if layer.startswith(PNP_QK_LAYERS)]
+    assert len(pnp_qk_layers(sd)) == 8
+    three = {"down_block_types": ("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+             "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2,
+             "block_out_channels": (32, 64, 64)}
+    unet = build_tiny_model(seed=1, unet=three)["unet"]
+    layers = pnp_qk_layers(self_attention_layers(unet))
+    assert [layer.removesuffix(".transformer_blocks.0.attn1") for layer in layers] == [
+        "up_blocks.1.attentions.1", "up_blocks.1.attentions.2", "up_blocks.2.attentions.0",
+        "up_blocks.2.attentions.1", "up_blocks.2.attentions.2"]
+    check_unet_layout(dict(unet.config), "three-downs")  # accepted
+    plain = {"down_block_types": ("DownBlock2D",) * 2, "up_block_types": ("UpBlock2D",) * 2,
+             "block_out_channels": (32, 64)}
+    with pytest.raises(ModelError, match="unsupported UNet layout"):
+        check_unet_layout(dict(build_tiny_model(seed=1, unet=plain)["unet"].config), "plain")

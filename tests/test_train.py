@@ -7,8 +7,10 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from tokenflow.embedded.world2 import WORDS
 from tokenflow.models import load_model
-from tokenflow.embedded.train import export, load_vae, scene_batch, train_decoder, train_unet, train_vae
+from tokenflow.embedded.train import (TRAIN_SHAPES, crop_batch, export, load_vae, scene_batch,
+                                      train_decoder, train_unet, train_vae)
 
 
 def _weights(path):
@@ -19,28 +21,31 @@ def test_scene_batches_are_deterministic() -> None:
     a, caps_a = scene_batch(0, 7, 4)
     b, caps_b = scene_batch(0, 7, 4)
     c, _ = scene_batch(0, 8, 4)
-    assert (a == b).all() and caps_a == caps_b and not (a == c).all()
-    assert a.shape == (4, 64, 64, 3)
+    assert (a == b).all() and caps_a == caps_b and (a.shape != c.shape or not (a == c).all())
+    assert a.shape[0] == 4 and a.shape[1:3] in TRAIN_SHAPES
+    assert scene_batch(0, 7, 2, (96, 160))[0].shape == (2, 96, 160, 3)
+    crops = crop_batch(0, 3, 5)
+    assert crops.shape == (5, 64, 64, 3) and (crops == crop_batch(0, 3, 5)).all()
 
 
 def test_vae_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
-    import tokenflow.embedded.train as train
+    import tokenflow.embedded.train_loop as train_loop
 
     train_vae(tmp_path / "straight", 4, batch=2, every=2)
 
-    real_save = train.save_checkpoint
+    real_save = train_loop.save_checkpoint
 
     def save_then_die(directory, phase, modules, opt, step, extra=None):
         real_save(directory, phase, modules, opt, step, extra)
         if step == 2:
             raise KeyboardInterrupt  # killed right after the checkpoint at step 2
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(train_loop, "save_checkpoint", save_then_die)
     try:
         train_vae(tmp_path / "resumed", 4, batch=2, every=2)
     except KeyboardInterrupt:
         pass
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_loop, "save_checkpoint", real_save)
     assert json.loads((tmp_path / "resumed" / "vae_state.json").read_text())["step"] == 2
     train_vae(tmp_path / "resumed", 4, batch=2, every=2)
     a = _weights(tmp_path / "straight" / "vae_model.safetensors")
@@ -65,17 +70,25 @@ def test_unet_training_and_export_give_a_loadable_model(tmp_path) -> None:
     tuned = load_vae(tmp_path)
     assert all(torch.equal(v, tuned.encoder.state_dict()[k]) for k, v in encoder_before.items())
     assert any(not torch.equal(v, tuned.decoder.state_dict()[k]) for k, v in decoder_before.items())
-    train_unet(tmp_path, 2, batch=4, dataset=8, every=100)
+    train_unet(tmp_path, 2, batch=4, dataset=len(TRAIN_SHAPES) * 2, every=100)
     before = _weights(tmp_path / "unet_unet.safetensors")
-    train_unet(tmp_path, 3, batch=4, dataset=8, every=100)  # resumes at step 2
+    train_unet(tmp_path, 3, batch=4, dataset=len(TRAIN_SHAPES) * 2, every=100)  # resumes at step 2
     after = _weights(tmp_path / "unet_unet.safetensors")
     assert json.loads((tmp_path / "unet_state.json").read_text())["step"] == 3
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    out = export(tmp_path, tmp_path / "export")
+    out = tmp_path / "export"
+    (out / "controlnet-canny").mkdir(parents=True)  # made for another UNet: removed
+    (out / "controlnet-canny" / "config.json").write_text('{"block_out_channels": [1]}')
+    (out / "__init__.py").write_text("# the package's own files stay\n")
+    assert export(tmp_path, out) == out
+    assert (out / "__init__.py").read_text() == "# the package's own files stay\n"
+    assert not (out / "controlnet-canny").exists() and not list(out.glob(".*"))
     model = load_model(out, device="cpu", dtype=torch.float32)
-    assert model.defaults["inversion.inversion_steps"] == 100
-    assert model.native_size == 64 and model.tokenizer.model_max_length == 32
-    assert model.encode_prompts(["a red ball on sand"]).shape == (1, 32, 64)
+    assert "editor.controlnet" not in model.defaults
+    assert model.native_size == 96 and model.tokenizer.model_max_length == 32
+    assert model.size_multiple == 32
+    assert model.encode_prompts(["a red checkered ball on tiles"]).shape == (1, 32, 64)
+    assert all(len(model.tokenizer(w, add_special_tokens=False).input_ids) == 1 for w in WORDS)
     assert model.scaling_factor == json.loads((tmp_path / "unet_state.json").read_text())["scaling_factor"]
     assert next(model.unet.parameters()).dtype == torch.float32
     exported = model.vae.decoder.state_dict()

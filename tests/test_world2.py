@@ -15,12 +15,14 @@ from tokenflow.embedded.world2 import (
     Clip,
     Scene,
     Thing,
+    random_clip,
+    render,
+)
+from tokenflow.embedded.world2_checks import (
     background_kind,
     measure_checks,
     object_masks,
-    random_clip,
     read_frame,
-    render,
     texture_kind,
 )
 

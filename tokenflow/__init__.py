@@ -55,7 +55,7 @@ _export("tokenflow.editing.diffusion", "ddim_scheduler", "editing_grid", "to_eps
 _export("tokenflow.editing.grids", "timestep_grid", "check_inversion_grid")
 _export("tokenflow.editing.editors", "KeyframeEditor", "Injection", "TextParams", "PnPParams",
         "guided", "check_strength", "sdedit_steps", "strength_first_step", "PNP_QK_LAYERS",
-        "PNP_CONV_LAYERS", "DEFAULT_NEGATIVE_PROMPT")
+        "pnp_qk_layers", "PNP_CONV_LAYERS", "DEFAULT_NEGATIVE_PROMPT")
 _export("tokenflow.editing.controls", "ControlExtractor", "get_extractor")
 # models
 _export("tokenflow.models", "Model", "ModelError", "load_model", "load_controlnet",
@@ -101,6 +101,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         PNP_CONV_LAYERS,
         PNP_QK_LAYERS,
         Injection,
+        pnp_qk_layers,
         KeyframeEditor,
         PnPParams,
         TextParams,

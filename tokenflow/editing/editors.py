@@ -37,8 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from tokenflow.editing.loop import EditorOutput, EditRun, EditStep
 
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, low res, unrealistic, unaesthetic"
-#: Self-attention layers whose queries and keys PnP injects (module-path prefixes): every
-#: decoder layer but the first at the lowest resolution; none in the encoder or the middle.
+#: Self-attention layers whose queries and keys PnP injects (module-path prefixes), in Stable
+#: Diffusion's block layout: every decoder layer but the first at the lowest resolution; none in
+#: the encoder or the middle. In a UNet of another layout, :func:`pnp_qk_layers` applies the same
+#: rule to its own layers.
 PNP_QK_LAYERS: tuple[str, ...] = (
     "up_blocks.1.attentions.1.",
     "up_blocks.1.attentions.2.",
@@ -49,6 +51,19 @@ PNP_QK_LAYERS: tuple[str, ...] = (
     "up_blocks.3.attentions.1.",
     "up_blocks.3.attentions.2.",
 )
+
+
+def pnp_qk_layers(layers: Sequence[str]) -> list[str]:
+    """PnP's rule on any UNet, given its self-attention layers in module order: every layer of the
+    decoder (``up_blocks``) but those of its first attention module (the lowest resolution). For
+    Stable Diffusion's layout this is :data:`PNP_QK_LAYERS`."""
+    decoder = [layer for layer in layers if layer.startswith("up_blocks.")]
+    if not decoder:
+        return []
+    first = ".".join(decoder[0].split(".")[:4]) + "."  # up_blocks.B.attentions.A.
+    return [layer for layer in decoder if not layer.startswith(first)]
+
+
 #: ResNets whose residual branch PnP injects, by default.
 PNP_CONV_LAYERS: tuple[str, ...] = ("up_blocks.1.resnets.1",)
 
@@ -105,7 +120,8 @@ class Injection:
     ``qk_layers``: module-path prefixes of the self-attention layers whose queries and keys are
     replaced by the source's, during the first ``qk_steps`` steps (keyframe calls only);
     ``conv_layers``: ResNets whose residual is replaced by the source's during the first
-    ``conv_steps`` steps (keyframe and propagation calls).
+    ``conv_steps`` steps (keyframe and propagation calls). ``qk_layers`` equal to
+    :data:`PNP_QK_LAYERS` means PnP's layers of whatever UNet runs (:func:`pnp_qk_layers`).
     """
 
     qk_layers: tuple[str, ...] = ()
@@ -239,7 +255,10 @@ class KeyframeEditor(StageBase):
                 f"the feature store keeps conv residuals for {run.features.conv_steps} steps; "
                 f"{self.name} injects them for {inject.conv_steps}"
             )
-        qk = [layer for layer in run.layers if inject.qk_layers and layer.startswith(inject.qk_layers)]
+        if tuple(inject.qk_layers) == PNP_QK_LAYERS:
+            qk = pnp_qk_layers(run.layers)
+        else:
+            qk = [layer for layer in run.layers if inject.qk_layers and layer.startswith(inject.qk_layers)]
         if inject.qk_layers and not qk:
             raise StageError(f"the UNet has none of {self.name}'s injection layers "
                              f"({', '.join(p.rstrip('.') for p in inject.qk_layers)})")
@@ -329,5 +348,5 @@ class KeyframeEditor(StageBase):
 
 
 __all__ = ["DEFAULT_NEGATIVE_PROMPT", "Injection", "KeyframeEditor", "PNP_CONV_LAYERS",
-           "PNP_QK_LAYERS", "PnPParams", "TextParams", "check_strength", "guided", "sdedit_steps",
+           "PNP_QK_LAYERS", "PnPParams", "pnp_qk_layers", "TextParams", "check_strength", "guided", "sdedit_steps",
            "strength_first_step"]

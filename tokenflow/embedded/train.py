@@ -1,14 +1,15 @@
-"""Train the embedded default model on the procedural world (:mod:`tokenflow.embedded.world`).
+"""Train the embedded default model on the procedural world v2 (:mod:`tokenflow.embedded.world2`):
+textured, shaded objects on textured backgrounds, in frames of mixed aspect ratios.
 
     python -m tokenflow.embedded.train vae    --dir CKPT [--steps 2500]    # the autoencoder
-    python -m tokenflow.embedded.train unet   --dir CKPT [--steps 7000]    # UNet + text encoder (needs the VAE)
+    python -m tokenflow.embedded.train unet   --dir CKPT [--steps 8000]    # UNet + text encoder (needs the VAE)
     python -m tokenflow.embedded.train decoder --dir CKPT [--steps 1500]   # decoder-only fine-tune (optional)
     python -m tokenflow.embedded.train export --dir CKPT [--out tokenflow/embedded]   # float16 diffusers dir
 
 Every phase is seeded and resumable: it checkpoints (safetensors, atomically) every
 ``--every`` steps and at the end, and picks up from the last checkpoint when run again. Progress
 goes to a bar on stderr and to ``<dir>/<phase>_log.csv``. Stock diffusers/transformers classes
-only, with Stable Diffusion's architecture, so the model runs through exactly the code paths a
+only, with Stable Diffusion's block layout, so the model runs through exactly the code paths a
 full-size SD checkpoint does. docs/embedded-model.md gives the recipe and the measured quality.
 """
 
@@ -16,32 +17,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS, EMBEDDED_VOCABULARY
-from tokenflow.embedded.world import random_scene, render
+from tokenflow.embedded.train_loop import atomic_save, load_checkpoint, psnr, save_checkpoint, train_loop
+from tokenflow.embedded.world2 import WORDS, random_scene, render
 
-RESOLUTION = 64
+#: The short side the model works at by default (pixels; its UNet's ``sample_size`` times 8).
+RESOLUTION = 96
+#: Frame sizes (height, width) the model is trained at: short side 64 or 96, aspect 1:2 to 2:1,
+#: every side a multiple of 32 (the UNet's two downsamplings of an 8x latent grid).
+TRAIN_SHAPES: tuple[tuple[int, int], ...] = (
+    (96, 96), (96, 128), (128, 96), (96, 160), (160, 96), (96, 192), (192, 96),
+    (64, 64), (64, 96), (96, 64), (64, 128), (128, 64))
+#: The autoencoder is convolutional: it trains on crops of this size from frames of every shape.
+VAE_CROP = 64
 TEXT_LENGTH = 32
 UNET_CONFIG = dict(
     sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(32, 64, 64, 64), layers_per_block=2, norm_num_groups=8,
+    down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2,
+    block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=16,
     cross_attention_dim=64, attention_head_dim=4,
 )
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, sample_size=RESOLUTION,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(32, 64, 64, 64), layers_per_block=1, norm_num_groups=16,
+    block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=16,
 )
 
 
@@ -50,125 +58,35 @@ def _threads() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
-def scene_batch(seed: int, step: int, n: int) -> tuple[np.ndarray, list[str]]:
-    """Images and captions for one step, the same for the same (seed, step)."""
+def scene_batch(seed: int, step: int, n: int, shape: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, list[str]]:
+    """``n`` frames of one shape (drawn from :data:`TRAIN_SHAPES` unless given) and their
+    captions; the same for the same (seed, step)."""
     rng = np.random.default_rng([seed, step])
+    if shape is None:
+        shape = TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
     images, captions = [], []
     for _ in range(n):
-        scene = random_scene(rng, n_things=1 if rng.random() < 0.85 else 2)
-        images.append(render(scene, RESOLUTION, RESOLUTION)[0])
+        scene = random_scene(rng, height=shape[0], width=shape[1])
+        images.append(render(scene, *shape)[0])
         captions.append(scene.caption())
     return np.stack(images), captions
 
 
+def crop_batch(seed: int, step: int, n: int, size: int = VAE_CROP) -> np.ndarray:
+    """``n`` random ``size x size`` crops of frames of random shapes (the autoencoder's data)."""
+    rng = np.random.default_rng([seed, step, 1])
+    crops = []
+    for i in range(n):
+        shape = TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
+        image = scene_batch(seed, step * 1000 + i, 1, shape)[0][0]
+        y, x = int(rng.integers(shape[0] - size + 1)), int(rng.integers(shape[1] - size + 1))
+        crops.append(image[y:y + size, x:x + size])
+    return np.stack(crops)
+
+
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-# --- checkpoints ------------------------------------------------------------------------------
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for i, state in opt.state_dict()["state"].items():
-        for name, value in state.items():
-            out[f"{i}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return out
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = value
-    sd = opt.state_dict()
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
-def save_checkpoint(directory: Path, phase: str, modules: dict, opt, step: int, extra=None) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, module in modules.items():
-        _atomic_save(module.state_dict(), directory / f"{phase}_{name}.safetensors")
-    _atomic_save(_optimizer_tensors(opt), directory / f"{phase}_optimizer.safetensors")
-    meta = {"step": step, **(extra or {})}
-    tmp = directory / f".{phase}_state.json.tmp"
-    tmp.write_text(json.dumps(meta))
-    os.replace(tmp, directory / f"{phase}_state.json")
-
-
-def load_checkpoint(directory: Path, phase: str, modules: dict, opt) -> dict:
-    state_file = directory / f"{phase}_state.json"
-    if not state_file.exists():
-        return {"step": 0}
-    for name, module in modules.items():
-        module.load_state_dict(load_file(str(directory / f"{phase}_{name}.safetensors")))
-    if opt is not None:
-        _load_optimizer(opt, load_file(str(directory / f"{phase}_optimizer.safetensors")))
-    return json.loads(state_file.read_text())
-
-
-class _Log:
-    def __init__(self, path: Path, header: str) -> None:
-        self.path = path
-        if not path.exists():
-            path.write_text(header + "\n")
-
-    def write(self, *values) -> None:
-        with self.path.open("a") as fh:
-            fh.write(",".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in values) + "\n")
-
-
-def _lr(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
-
-
-# --- phases -----------------------------------------------------------------------------------
-
-
-def _train_loop(directory: Path, phase: str, modules: dict, opt, params, steps: int, *,
-                lr: float, warmup: int, every: int, compute, after=None, extra=None,
-                metrics: tuple[str, ...] = ()) -> None:
-    """The loop every phase shares: resume, learning-rate schedule, optimiser step with gradient
-    clipping, progress bar, CSV log, atomic checkpoints. ``compute(step)`` returns the loss and a
-    dict of ``metrics``; ``after(step)`` runs after the optimiser step (EMA)."""
-    from tqdm.auto import tqdm
-
-    state = load_checkpoint(directory, phase, modules, opt)
-    log = _Log(directory / f"{phase}_log.csv", ",".join(("step", "loss", *metrics, "lr", "seconds")))
-    start = time.time()
-    bar = tqdm(total=steps, initial=state["step"], desc=phase, dynamic_ncols=True)
-    for step in range(state["step"], steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, lr, warmup, steps)
-        loss, values = compute(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if after is not None:
-            after(step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", **{k: f"{v:.1f}" for k, v in values.items()})
-        if step % 10 == 0:
-            log.write(step, loss.item(), *(values[k] for k in metrics), opt.param_groups[0]["lr"],
-                      time.time() - start)
-        if (step + 1) % every == 0 or step + 1 == steps:
-            save_checkpoint(directory, phase, modules, opt, step + 1, extra)
-    bar.close()
-
-
-def _psnr(mse: torch.Tensor) -> float:
-    """PSNR in dB of pixels in [-1, 1] (peak-to-peak 2)."""
-    return 10 * math.log10(4 / max(mse.item(), 1e-10))
 
 
 def build_vae():
@@ -185,15 +103,15 @@ def train_vae(directory: Path, steps: int, batch: int = 16, lr: float = 1e-3, se
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
 
     def compute(step: int):
-        x = to_pixels(scene_batch(seed, step, batch)[0])
+        x = to_pixels(crop_batch(seed, step, batch))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator)).sample
         mse = F.mse_loss(rec, x)
         loss = F.l1_loss(rec, x) + mse + kl_weight * posterior.kl().mean()
-        return loss, {"psnr": _psnr(mse)}
+        return loss, {"psnr": psnr(mse)}
 
-    _train_loop(directory, "vae", {"model": vae}, opt, list(vae.parameters()), steps, lr=lr,
+    train_loop(directory, "vae", {"model": vae}, opt, list(vae.parameters()), steps, lr=lr,
                 warmup=100, every=every, compute=compute, metrics=("psnr",))
 
 
@@ -213,14 +131,14 @@ def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4
     vae.quant_conv.requires_grad_(False)
 
     def compute(step: int):
-        x = to_pixels(scene_batch(seed + 30_000, step, batch)[0])
+        x = to_pixels(crop_batch(seed + 30_000, step, batch))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
         mse = F.mse_loss(rec, x)
-        return F.l1_loss(rec, x) + mse, {"psnr": _psnr(mse)}
+        return F.l1_loss(rec, x) + mse, {"psnr": psnr(mse)}
 
-    _train_loop(directory, "decoder", decoder, opt, params, steps, lr=lr, warmup=50, every=every,
+    train_loop(directory, "decoder", decoder, opt, params, steps, lr=lr, warmup=50, every=every,
                 compute=compute, metrics=("psnr",))
 
 
@@ -235,11 +153,11 @@ def load_vae(directory: Path):
 
 @torch.no_grad()
 def scaling_factor(vae, seed: int = 1, n: int = 512) -> float:
-    """1 / std of the posterior means over ``n`` fresh scenes (Stable Diffusion's recipe)."""
-    images, _ = scene_batch(seed + 10_000, 0, n)
-    means = torch.cat([vae.encode(to_pixels(images[i:i + 64])).latent_dist.mean
-                       for i in range(0, n, 64)])
-    return float(1.0 / means.std())
+    """1 / std of the posterior means of ``n`` fresh frames of the training shapes (Stable
+    Diffusion's recipe)."""
+    means = [vae.encode(to_pixels(scene_batch(seed + 10_000, k, 32)[0])).latent_dist.mean.flatten()
+             for k in range(max(1, n // 32))]
+    return float(1.0 / torch.cat(means).std())
 
 
 def build_text(tokenizer_dir: Path):
@@ -247,7 +165,7 @@ def build_text(tokenizer_dir: Path):
 
     from tokenflow.embedded.tokenizer import tiny_tokenizer
 
-    tokenizer = tiny_tokenizer(tokenizer_dir)
+    tokenizer = tiny_tokenizer(tokenizer_dir, extra_words=WORDS)
     tokenizer.model_max_length = TEXT_LENGTH
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
@@ -265,30 +183,43 @@ def build_unet():
 
 
 def _latent_dataset(directory: Path, vae, scale: float, n: int, seed: int):
-    """Posterior means and stds of ``n`` scenes with their captions, cached in ``directory``."""
-    path = directory / f"latents-{n}-{seed}.safetensors"
+    """Posterior means and stds of about ``n`` frames, an equal share of each training shape, with
+    their captions: ``{shape: (mean, std, captions)}``, cached in ``directory``."""
+    path = directory / f"latents-v2-{n}-{seed}.safetensors"
     captions_path = path.with_suffix(".json")
+    per_shape = max(1, n // len(TRAIN_SHAPES))
     if path.exists() and captions_path.exists():
-        data = load_file(str(path))
-        return data["mean"], data["std"], json.loads(captions_path.read_text())
+        data, captions = load_file(str(path)), json.loads(captions_path.read_text())
+        return {shape: (data[f"mean_{shape[0]}x{shape[1]}"], data[f"std_{shape[0]}x{shape[1]}"],
+                        captions[f"{shape[0]}x{shape[1]}"]) for shape in TRAIN_SHAPES}
     from tqdm.auto import tqdm
 
-    means, stds, captions = [], [], []
+    tensors, captions = {}, {}
+    bar = tqdm(total=per_shape * len(TRAIN_SHAPES), desc="encode dataset", dynamic_ncols=True)
     with torch.no_grad():
-        for i in tqdm(range(0, n, 64), desc="encode dataset", dynamic_ncols=True):
-            images, caps = scene_batch(seed + 20_000, i // 64, min(64, n - i))
-            posterior = vae.encode(to_pixels(images)).latent_dist
-            means.append(posterior.mean * scale)
-            stds.append(posterior.std * scale)
-            captions += caps
-    mean, std = torch.cat(means), torch.cat(stds)
-    _atomic_save({"mean": mean, "std": std}, path)
-    captions_path.write_text(json.dumps(captions))
-    return mean, std, captions
+        for k, shape in enumerate(TRAIN_SHAPES):
+            means, stds, caps = [], [], []
+            for i in range(0, per_shape, 32):
+                images, batch_caps = scene_batch(seed + 20_000, k * 1_000_000 + i, min(32, per_shape - i), shape)
+                posterior = vae.encode(to_pixels(images)).latent_dist
+                means.append(posterior.mean * scale)
+                stds.append(posterior.std * scale)
+                caps += batch_caps
+                bar.update(len(images))
+            name = f"{shape[0]}x{shape[1]}"
+            tensors[f"mean_{name}"], tensors[f"std_{name}"] = torch.cat(means), torch.cat(stds)
+            captions[name] = caps
+    bar.close()
+    atomic_save(tensors, path)
+    tmp = captions_path.with_name(f".{captions_path.name}.tmp")
+    tmp.write_text(json.dumps(captions))
+    os.replace(tmp, captions_path)
+    return {shape: (tensors[f"mean_{shape[0]}x{shape[1]}"], tensors[f"std_{shape[0]}x{shape[1]}"],
+                    captions[f"{shape[0]}x{shape[1]}"]) for shape in TRAIN_SHAPES}
 
 
-def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 0,
-               every: int = 250, dataset: int = 40_000, drop: float = 0.1, ema: float = 0.999,
+def train_unet(directory: Path, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
+               every: int = 250, dataset: int = 36_000, drop: float = 0.1, ema: float = 0.999,
                snr_gamma: float = 5.0) -> None:
     from diffusers import DDPMScheduler
 
@@ -299,7 +230,7 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
         raise SystemExit("train the VAE first: python -m tokenflow.embedded.train vae --dir " + str(directory))
     vae.eval().requires_grad_(False)
     scale = scaling_factor(vae)
-    mean, std, captions = _latent_dataset(directory, vae, scale, dataset, seed)
+    buckets = _latent_dataset(directory, vae, scale, dataset, seed)
     torch.manual_seed(seed)
     tokenizer, text = build_text(directory / "tokenizer")
     unet = build_unet()
@@ -309,16 +240,20 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     modules = {"unet": unet, "text": text, "ema_unet": ema_unet, "ema_text": ema_text}
-    ids = tokenizer(captions + [""], padding="max_length", max_length=TEXT_LENGTH,
-                    truncation=True, return_tensors="pt").input_ids
-    empty = ids[-1]
-    ids = ids[:-1]
+
+    def token_ids(captions: list[str]) -> torch.Tensor:
+        return tokenizer(captions, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                         return_tensors="pt").input_ids
+
+    empty = token_ids([""])[0]
+    data = [(mean, std, token_ids(captions)) for mean, std, captions in buckets.values()]
     noise_sched = DDPMScheduler.from_config({**SD_SCHEDULER_CONFIG})
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
 
     def compute(step: int):
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        mean, std, ids = data[int(torch.randint(len(data), (1,), generator=g))]  # one shape a step
         index = torch.randint(len(ids), (batch,), generator=g)
         x0 = mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)
         tokens = ids[index].clone()
@@ -337,7 +272,7 @@ def train_unet(directory: Path, steps: int, batch: int = 64, lr: float = 1e-3, s
             for p_src, p_dst in zip(src.parameters(), dst.parameters()):
                 p_dst.lerp_(p_src, 1 - decay)
 
-    _train_loop(directory, "unet", modules, opt, params, steps, lr=lr, warmup=200, every=every,
+    train_loop(directory, "unet", modules, opt, params, steps, lr=lr, warmup=200, every=every,
                 compute=compute, after=update_ema, extra={"scaling_factor": scale})
 
 
@@ -394,7 +329,7 @@ def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5
         weight = torch.clamp(snr[t], max=snr_gamma) / snr[t]
         return (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean(), {}
 
-    _train_loop(directory, "controlnet", {"controlnet": net}, opt, params, steps, lr=lr,
+    train_loop(directory, "controlnet", {"controlnet": net}, opt, params, steps, lr=lr,
                 warmup=100, every=every, compute=compute)
 
 
@@ -415,6 +350,13 @@ def export_controlnet(directory: Path, out: Path, dtype: str = "float16") -> Pat
     net.to(getattr(torch, dtype)).save_pretrained(tmp, safe_serialization=True)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
+    extras = out.parent / "tokenflow.json"
+    if extras.is_file():  # the model now suggests its ControlNet (a path relative to the model)
+        data = json.loads(extras.read_text())
+        data.setdefault("defaults", {})["editor.controlnet"] = out.name
+        tmp_extras = extras.with_name(f".{extras.name}.tmp")
+        tmp_extras.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp_extras, extras)
     return out
 
 
@@ -442,24 +384,62 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    write_tokenizer_files(tmp / "tokenizer")
+    write_tokenizer_files(tmp / "tokenizer", WORDS)
+    defaults = dict(EMBEDDED_DEFAULTS)
+    controlnet = out / "controlnet-canny"
+    fits = _controlnet_fits(controlnet, dict(unet.config))
+    if not fits:
+        defaults.pop("editor.controlnet", None)  # until ``train controlnet`` makes one for this UNet
     (tmp / "tokenflow.json").write_text(json.dumps({
-        "label": "tokenflow's embedded model: a tiny SD-shaped latent diffusion model trained on "
-                 "procedural scenes (tokenflow.embedded.world) at 64x64",
+        "label": "tokenflow's embedded model: a small SD-shaped latent diffusion model trained on "
+                 "procedural scenes (tokenflow.embedded.world2) at 64 to 96 pixels, any aspect "
+                 "from 1:2 to 2:1",
         "trained_steps": {"unet": state["step"]},
         "vocabulary": EMBEDDED_VOCABULARY,
-        "defaults": EMBEDDED_DEFAULTS,
+        "defaults": defaults,
     }, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    _install(tmp, out)
+    if not fits and controlnet.is_dir():
+        shutil.rmtree(controlnet)  # trained for another UNet
     return out
+
+
+def _controlnet_fits(directory: Path, unet_config: dict) -> bool:
+    """Whether the ControlNet in ``directory`` was made from a UNet of this configuration."""
+    config = directory / "config.json"
+    if not config.is_file():
+        return False
+    saved = json.loads(config.read_text())
+    return all(list(saved.get(k) or []) == list(unet_config[k]) for k in
+               ("block_out_channels", "down_block_types")) and \
+        saved.get("cross_attention_dim") == unet_config["cross_attention_dim"]
+
+
+def _install(tmp: Path, out: Path) -> None:
+    """Move every entry of ``tmp`` into ``out``, replacing entries of the same name and leaving
+    everything else in ``out`` (the package's own modules, the ControlNet) where it is."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(tmp.iterdir()):
+        target = out / entry.name
+        old = out / f".{entry.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(entry, target)
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+    tmp.rmdir()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tokenflow.embedded.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("phase", choices=("vae", "unet", "decoder", "export", "controlnet",
                                           "export-controlnet"))
-    parser.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "tokenflow-train")
+    parser.add_argument("--dir", type=Path, default=Path.home() / ".cache" / "tokenflow-train-v2")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
@@ -469,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "vae":
         train_vae(args.dir, args.steps or 2500, seed=args.seed)
     elif args.phase == "unet":
-        train_unet(args.dir, args.steps or 7000, seed=args.seed)
+        train_unet(args.dir, args.steps or 8000, seed=args.seed)
     elif args.phase == "decoder":
         train_decoder(args.dir, args.steps or 1500, seed=args.seed)
     elif args.phase == "controlnet":

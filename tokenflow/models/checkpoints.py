@@ -182,14 +182,13 @@ def check_unet_layout(unet_config: dict[str, Any], name: str) -> None:
             unet = UNet2DConditionModel.from_config(unet_config)
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable config
         raise ModelError(f"{name}: unet/config.json is not a usable UNet2DConditionModel config ({exc})") from None
-    present = {n for n, _ in unet.named_modules()}
-    attentions = [f"up_blocks.{b}.attentions.{a}" for b in (1, 2, 3) for a in (0, 1, 2)]
-    missing = [w for w in ["up_blocks.1.resnets.1", *attentions] if w not in present]
-    missing += [f"{w}.transformer_blocks.0.attn1" for w in attentions
-                if w in present and f"{w}.transformer_blocks.0.attn1" not in present]
-    if missing:
-        raise ModelError(f"{name}: unsupported UNet layout, missing {', '.join(missing)} (TokenFlow needs the Stable "
-                         "Diffusion block layout: 3 cross-attention up blocks with layers_per_block=2)")
+    from tokenflow.editing.attention import self_attention_layers
+    from tokenflow.editing.editors import pnp_qk_layers
+
+    if not pnp_qk_layers(self_attention_layers(unet)):
+        raise ModelError(f"{name}: unsupported UNet layout: TokenFlow injects the self-attention "
+                         "of the decoder's attention blocks after the first, and this UNet has none "
+                         "(Stable Diffusion's layout has 3 cross-attention up blocks)")
 
 
 def check_weights(root: Path, name: str) -> None:
