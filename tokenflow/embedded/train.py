@@ -40,14 +40,14 @@ TRAIN_SHAPES: tuple[tuple[int, int], ...] = (
 VAE_CROP = 64
 TEXT_LENGTH = 32
 UNET_CONFIG = dict(
-    sample_size=RESOLUTION // 8, in_channels=4, out_channels=4,
+    sample_size=RESOLUTION // 8, in_channels=8, out_channels=8,
     down_block_types=("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2,
     block_out_channels=(64, 128, 128), layers_per_block=2, norm_num_groups=16,
     cross_attention_dim=64, attention_head_dim=4,
 )
 VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=RESOLUTION,
+    in_channels=3, out_channels=3, latent_channels=8, sample_size=RESOLUTION,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(32, 64, 128, 128), layers_per_block=1, norm_num_groups=16,
 )

@@ -1,0 +1,154 @@
+"""Choose the embedded model's editing defaults by measurement (issue 13, item 3).
+
+    python benchmarks/defaults_sweep.py [--settings base,f1.0,...] [--frames 12] [--steps 50]
+                                        [--edits ball:texture,...] [--cache-dir DIR]
+
+For every setting (a named set of ``-o`` options, :data:`SETTINGS`) and every edit of the example
+clips (:data:`EDITS`: a texture edit and a background edit per clip), runs TokenFlow (``pnp``)
+and per-frame PnP (``pnp-frames``) with the same options on the embedded model, through one stage
+cache, and reads every edited frame with world v2's rules (tokenflow.embedded.world2_checks):
+
+* ``hit``: frames of the per-frame edit whose object shows the target colour and texture kind
+  (texture edits) or whose background is the target (background edits);
+* ``kept``: frames of the per-frame edit where every source object's mask is found again with
+  IoU >= 0.8;
+* ``warp``: TokenFlow's warp error (t -> t+1, source flow) over per-frame PnP's.
+
+A setting passes when, over all edits, hit >= 90 %, kept >= 90 % and warp <= 0.5 on every texture
+and background edit. Prints one row per setting and edit, then one summary row per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ROOT = Path(__file__).resolve().parents[1]
+
+#: clip -> [(kind, source caption, target prompt, target)], where target is the object's
+#: (colour, texture) for a texture edit and the background's name for a background edit.
+EDITS: dict[str, list[tuple[str, str, str, object]]] = {}
+
+_CONV = ("features.conv_layers", "editor.conv_layers")
+
+
+def _conv(*layers: str) -> list[tuple[str, str]]:
+    value = ",".join(layers)
+    return [(key, value) for key in _CONV]
+
+
+#: name -> options on top of the model's own defaults.
+SETTINGS: dict[str, list[tuple[str, str]]] = {
+    "model": [],
+    "g3": [("editor.guidance_scale", "3")],
+    "g7.5": [("editor.guidance_scale", "7.5")],
+    "attn0.25": [("editor.pnp_attn_t", "0.25")],
+    "attn1.0": [("editor.pnp_attn_t", "1.0")],
+    "f0.5": [("editor.pnp_f_t", "0.5")],
+    "f1.0": [("editor.pnp_f_t", "1.0"), ("features.conv_t", "1.0")],
+    "conv-fine": _conv("up_blocks.2.resnets.0"),
+    "conv-both": _conv("up_blocks.1.resnets.1", "up_blocks.2.resnets.0"),
+    "conv-coarse": _conv("up_blocks.0.resnets.1"),
+}
+
+
+def _objects(read: dict) -> list[np.ndarray]:
+    return [o["mask"] for o in read["objects"]]
+
+
+def frame_checks(source: np.ndarray, edited: np.ndarray, kind: str, target) -> tuple[list[bool], list[bool]]:
+    """Per frame: the target shows (``hit``), every source object is kept (``kept``)."""
+    from tokenflow.embedded.world2_checks import mask_iou, read_frame
+
+    hits, kept = [], []
+    for src, out in zip(source, edited):
+        read_src, read_out = read_frame(src), read_frame(out)
+        matches = [max(read_out["objects"], key=lambda o: mask_iou(o["mask"], m), default=None)
+                   for m in _objects(read_src)]
+        kept.append(all(o is not None and mask_iou(o["mask"], m) >= 0.8
+                        for o, m in zip(matches, _objects(read_src))) and bool(matches))
+        if kind == "background":
+            hits.append(read_out["background"] == target)
+        else:
+            first = matches[0] if matches else None
+            hits.append(first is not None and (first["colour"], first["texture"]) == tuple(target))
+    return hits, kept
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--edits", default=None, help="CLIP:KIND,... (default: every edit)")
+    parser.add_argument("--frames", type=int, default=12, help="first N frames of each clip")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    from tokenflow.api import prepare
+    from tokenflow.eval.compare import evaluate_edit, parse_method, run_methods
+    from tokenflow.eval.metrics import video_flows
+    from tokenflow.manager import make_plugin_manager
+    from tokenflow.models import load_model
+
+    torch.set_num_threads(2)
+    model = load_model(args.model, device="cpu")
+    pm = make_plugin_manager()
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="tf-sweep-"))
+    chosen = None if args.edits is None else {tuple(e.split(":")) for e in args.edits.split(",")}
+    methods = [parse_method("pnp"), parse_method("pnp-frames")]
+    print(f"{model.label}; {args.frames} frames a clip, {args.steps} steps; cache {cache}\n")
+    print("| setting | clip | edit | hit (per-frame) | kept (per-frame) | hit (TokenFlow) | "
+          "warp TokenFlow / per-frame |")
+    print("|---|---|---|---|---|---|---|")
+    summary: dict[str, dict[str, list]] = {}
+    sources = {}
+    for setting in args.settings.split(","):
+        options = SETTINGS[setting]
+        for clip, edits in EDITS.items():
+            path = ROOT / "examples" / "clips" / f"{clip}.mp4"
+            if not path.exists():
+                sys.exit(f"{path} is missing: python examples/make_clips.py")
+            if clip not in sources:
+                source = prepare(path, model=model, frames=args.frames)
+                pairs = [(t, t + 1) for t in range(len(source.working) - 1)]
+                sources[clip] = (source, video_flows(source.working, pairs, method="dis"))
+            source, flows = sources[clip]
+            for kind, caption, prompt, target in edits:
+                if chosen is not None and (clip, kind) not in chosen:
+                    continue
+                tokenflow, per_frame = run_methods(
+                    source, methods, options=options, prompt=prompt, inversion_prompt=caption,
+                    steps=args.steps, batch_size=8, cache_dir=cache, pm=pm)
+                warp = [evaluate_edit(source.working, r.frames, source_flows=flows,
+                                      long_range=1)["aggregate"]["warp_error"]
+                        for r in (tokenflow, per_frame)]
+                hit, kept = frame_checks(source.working, per_frame.frames, kind, target)
+                hit_tf, _ = frame_checks(source.working, tokenflow.frames, kind, target)
+                ratio = warp[0] / warp[1] if warp[1] else float("nan")
+                row = summary.setdefault(setting, {"hit": [], "kept": [], "ratio": []})
+                row["hit"] += hit
+                row["kept"] += kept
+                row["ratio"].append(ratio)
+                print(f"| {setting} | {clip} | {kind} | {100 * np.mean(hit):.0f} % | "
+                      f"{100 * np.mean(kept):.0f} % | {100 * np.mean(hit_tf):.0f} % | {ratio:.2f} |",
+                      flush=True)
+    print("\n| setting | hit (per-frame) | kept (per-frame) | worst warp ratio | passes |")
+    print("|---|---|---|---|---|")
+    for setting, row in summary.items():
+        hit, kept, worst = np.mean(row["hit"]), np.mean(row["kept"]), max(row["ratio"])
+        ok = hit >= 0.9 and kept >= 0.9 and worst <= 0.5
+        print(f"| {setting} | {100 * hit:.0f} % | {100 * kept:.0f} % | {worst:.2f} | "
+              f"{'yes' if ok else 'no'} |")
+
+
+if __name__ == "__main__":
+    main()
