@@ -2,23 +2,35 @@
 
     python examples/motion_clips.py [--out examples/motion] [--long-range 4] [--measure]
 
-Four clips (128x128, 24 frames, 12 fps), each rendered analytically from per-frame affine maps of
-a procedural texture (smooth multi-scale colour noise, float32, sampled bilinearly with
-``cv2.warpAffine``; OpenCV does not quantise sample positions for float images):
+Four clips of the embedded model's world v2 (:mod:`tokenflow.embedded.world2`: textured, shaded
+objects on textured backgrounds, a moving camera), 24 frames at 12 fps, each a
+:class:`MotionClip`: a scene, a camera pan and zoom per frame and, per object, a move and a turn
+per frame (world units, fractions of the frame's short side; degrees, positive clockwise on
+screen):
 
-* ``translate``: the texture moves by a constant sub-pixel velocity;
-* ``rotate``: the texture turns about the frame centre by a fixed angle per frame;
-* ``zoom``: the texture is magnified about the frame centre by a fixed factor per frame;
-* ``occlusion``: a red ball from ``tokenflow.embedded.world`` moves across a textured background that
-  itself pans, covering and uncovering it.
+* ``pan`` (96x160): the camera pans over sand; a striped box and a dotted ball stay put in the
+  world, so the whole picture moves by the pan;
+* ``zoom`` (96x128, 4:3): the camera zooms in on grass, a checkered box and a ringed triangle;
+* ``turn`` (160x96, portrait): a still camera over tiles; a striped box and a checkered triangle
+  turn, a dotted ball moves across, turning. The light is overhead: world v2 lights every
+  object from a fixed direction, and only from overhead does a turning surface keep its
+  brightness;
+* ``occlusion`` (96x160): the camera pans over sand while a striped ball passes in front of a
+  dotted box (world v2 draws objects in order, later over earlier).
 
-Because frame ``t`` shows texture point ``q = A_t p`` at pixel ``p``, the point seen at ``p`` in
-frame ``t`` is at ``A_s^-1 A_t p`` in frame ``s``: :func:`true_flow` is exact for any pair. In
-``occlusion`` the ball's pixels (its warped coverage >= 0.5) follow the ball instead. A true flow
-says where a pixel's *surface point* goes, whether or not it is visible there; occlusions (and
-pixels leaving the frame) are left to the forward-backward test of
-:func:`tokenflow.eval.metrics.valid_mask` applied to the true flows in both directions
-(:func:`tokenflow.eval.metrics.true_flows`).
+Wood (its grain runs one way: DIS cannot follow motion along it) and tiles (their sharp grout
+makes resampling err) are never moved.
+
+:func:`true_flow` is exact for any pair of frames: for the centre ``p`` of each pixel of frame
+``t`` it finds the surface seen there (the topmost object whose shape holds the world point
+under ``p``, else the background: ``Scene.owner``), follows that surface point to frame ``s``
+(an object's point keeps its object coordinates, ``Thing.local`` and ``Thing.world``; a
+background point keeps its world coordinates) and projects it with frame ``s``'s camera
+(``Camera.to_pixels``). A true flow says where a pixel's *surface point* goes, whether or not it
+is visible there; occlusions (and pixels leaving the frame) are left to the forward-backward
+test of :func:`tokenflow.eval.metrics.valid_mask` applied to the true flows in both directions
+(:func:`tokenflow.eval.metrics.true_flows`). Frames are rendered at 2x supersampling with a box
+filter, so the flow is exact for the surfaces and the frames are exact up to that anti-aliasing.
 
 For each clip ``NAME`` the output folder gets ``NAME.mp4`` (H.264, lossy: for viewing and for
 ``tf run``), ``NAME/00000.png ...`` (the exact frames; ``tf`` reads frame folders too) and
@@ -34,14 +46,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
+from tokenflow.embedded.world2 import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, Camera, Clip, Scene, Thing
 from tokenflow.eval.metrics import (
     flow_epe,
     load_true_flow,
@@ -50,199 +61,157 @@ from tokenflow.eval.metrics import (
     video_flows,
     warp_error,
 )
-from tokenflow.video import write_frames, write_video
-from tokenflow.embedded.world import COLOURS, Scene, Thing, render
+from tokenflow.video import VideoError, write_frames, write_video
 
 __all__ = ["CLIPS", "KINDS", "MotionClip", "flow_pairs", "load_clip_params", "load_true_flow", "measure",
-           "object_mask", "render_clip", "render_frame", "save_clip", "texture", "true_flow"]
+           "object_mask", "render_clip", "render_frame", "save_clip", "surfaces", "true_flow"]
 
 
 HERE = Path(__file__).resolve().parent / "motion"
-KINDS = ("translate", "rotate", "zoom", "occlusion")
 FPS = 12
 LONG_RANGE = 4
 
 
 @dataclass(frozen=True)
 class MotionClip:
-    """Everything that determines a clip. Pixel coordinates: x right, y down, pixel centres at
-    integers; the frame centre is ``((W-1)/2, (H-1)/2)``."""
+    """Everything that determines a clip: a world v2 scene (objects at their pose in frame 0, the
+    camera at the world's origin with zoom 1) and constant motions per frame."""
 
-    kind: str
+    scene: Scene
     frames: int = 24
-    height: int = 128
-    width: int = 128
-    #: (dx, dy) pixels per frame: the texture ("translate") or the background pan ("occlusion").
-    velocity: tuple[float, float] = (0.0, 0.0)
-    #: degrees per frame ("rotate"); positive turns clockwise on screen (y points down).
-    angle: float = 0.0
-    #: scale factor per frame ("zoom"); > 1 zooms in.
+    height: int = 96
+    width: int = 160
+    #: the camera's move per frame (x right, y down), world units; the picture moves the other way.
+    pan: tuple[float, float] = (0.0, 0.0)
+    #: the camera's zoom factor per frame (> 1 zooms in, about the frame centre).
     zoom: float = 1.0
-    #: "occlusion": the ball's centre in frame 0 (x, y), its velocity, radius (pixels) and colour.
-    object_start: tuple[float, float] = (32.0, 64.0)
-    object_velocity: tuple[float, float] = (0.0, 0.0)
-    object_radius: float = 20.0
-    object_colour: str = "red"
-    seed: int = 0
-    texture_size: int = 384
+    #: per object (one each, or none): its move (dx, dy) in world units and turn in degrees per frame.
+    motions: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if self.object_colour not in COLOURS:
-            raise ValueError(f"unknown colour {self.object_colour!r}")
-        if self.frames < 1 or self.height < 2 or self.width < 2 or self.zoom <= 0:
-            raise ValueError(f"invalid clip {self}")
+        if self.frames < 1 or self.height < 2 or self.width < 2 or not self.zoom > 0:
+            raise ValueError(f"invalid clip size or zoom: {self.frames} frames of {self.height}x{self.width}, "
+                             f"zoom {self.zoom}")
+        if self.scene.background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {self.scene.background!r}; choose one of {', '.join(BACKGROUNDS)}")
+        for thing in self.scene.things:
+            for value, allowed in ((thing.shape, SHAPES), (thing.colour, tuple(COLOURS)),
+                                   (thing.texture, TEXTURES)):
+                if value not in allowed:
+                    raise ValueError(f"unknown {value!r}; choose one of {', '.join(allowed)}")
+        if self.motions and len(self.motions) != len(self.scene.things):
+            raise ValueError(f"{len(self.motions)} motions for {len(self.scene.things)} objects")
+
+    def world(self) -> Clip:
+        """The world v2 clip: one camera and one pose offset per object for every frame."""
+        cameras = tuple(Camera(self.pan[0] * t, self.pan[1] * t, self.zoom ** t) for t in range(self.frames))
+        offsets = tuple(tuple((dx * t, dy * t, da * t) for dx, dy, da in self.motions)
+                        for t in range(self.frames)) if self.motions else ()
+        return Clip(self.scene, cameras, offsets)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> MotionClip:
-        data = json.loads(text)
-        tuples = {f.name for f in fields(cls) if str(f.type).startswith("tuple")}
-        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+        data = _tuples(json.loads(text))
+        scene = dict(data.pop("scene"))
+        things = tuple(Thing(**thing) for thing in scene.pop("things"))
+        return cls(scene=Scene(things=things, **scene), **data)
+
+
+def _tuples(value):
+    """JSON's lists as tuples (the dataclasses' fields are tuples), recursively."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
 
 
 CLIPS: dict[str, MotionClip] = {
-    "translate": MotionClip("translate", velocity=(1.25, -0.5)),
-    "rotate": MotionClip("rotate", angle=1.5),
-    "zoom": MotionClip("zoom", zoom=1.02),
-    "occlusion": MotionClip("occlusion", velocity=(-0.75, 0.25), object_start=(30.0, 60.0),
-                            object_velocity=(2.5, 0.5), object_radius=20.0),
+    "pan": MotionClip(
+        Scene("sand", (Thing("box", "red", "striped", x=-0.4, y=0.12, radius=0.2, angle=20,
+                             texture_angle=60, period=0.7),
+                       Thing("ball", "yellow", "dotted", x=0.4, y=-0.08, radius=0.2, period=0.7,
+                             phase=0.3)),
+              seed=1),
+        pan=(0.012, -0.005)),
+    "zoom": MotionClip(
+        Scene("grass", (Thing("box", "blue", "checkered", x=-0.25, y=0.05, radius=0.14,
+                              texture_angle=30, period=1.0),
+                        Thing("triangle", "yellow", "ringed", x=0.25, y=-0.02, radius=0.15, angle=10,
+                              period=0.95)),
+              seed=2),
+        height=96, width=128, zoom=1.015),
+    "turn": MotionClip(
+        Scene("tiles", (Thing("box", "purple", "striped", x=0.0, y=-0.5, radius=0.2, texture_angle=15,
+                              period=0.7),
+                        Thing("ball", "orange", "dotted", x=-0.17, y=0.0, radius=0.14, period=1.0),
+                        Thing("triangle", "blue", "checkered", x=0.03, y=0.5, radius=0.18, angle=40,
+                              period=0.8)),
+              seed=3, light=(0.0, 90.0)),
+        height=160, width=96, motions=((0.0, 0.0, 3.0), (0.012, 0.0, 4.0), (0.0, -0.002, -2.5))),
+    "occlusion": MotionClip(
+        Scene("sand", (Thing("box", "green", "dotted", x=0.0, y=0.0, radius=0.2, angle=10, period=0.7),
+                       Thing("ball", "red", "striped", x=-0.5, y=0.04, radius=0.16, texture_angle=70,
+                             period=0.9)),
+              seed=4),
+        pan=(0.01, 0.003), motions=((0.0, 0.0, 0.0), (0.04, -0.001, 0.0))),
 }
+KINDS = tuple(CLIPS)
 
 
-# --------------------------------------------------------------------------- rendering
-
-
-@lru_cache(maxsize=8)
-def texture(size: int, seed: int = 0) -> np.ndarray:
-    """A smooth colour-noise texture, float32 (size, size, 3) in [8, 247] (read-only).
-
-    Gaussian-filtered white noise at four scales (sigma 2 to 16 px): fine enough for optical
-    flow to lock onto, smooth enough that bilinear interpolation errs by well under 1/255.
-    """
-    rng = np.random.default_rng(seed)
-    out = np.zeros((size, size, 3), np.float32)
-    for sigma, weight in ((2.0, 0.6), (4.0, 0.8), (8.0, 1.0), (16.0, 1.0)):
-        shared = rng.standard_normal((size, size, 1)).astype(np.float32)
-        colour = rng.standard_normal((size, size, 3)).astype(np.float32)
-        layer = cv2.GaussianBlur(np.ascontiguousarray(shared + 0.6 * colour), (0, 0), sigma,
-                                 borderType=cv2.BORDER_REFLECT)
-        out += weight * layer / layer.std()
-    out = np.clip(128 + out * (40 / out.std()), 8, 247).astype(np.float32)
-    out.setflags(write=False)
-    return out
-
-
-def _centre(clip: MotionClip) -> np.ndarray:
-    return np.array([(clip.width - 1) / 2, (clip.height - 1) / 2])
-
-
-def frame_to_texture(clip: MotionClip, t: float) -> np.ndarray:
-    """3x3 matrix ``A_t``: pixel ``p`` of frame ``t`` shows texture point ``A_t p`` (homogeneous)."""
-    c = _centre(clip)
-    big = (clip.texture_size - 1) / 2
-    if clip.kind in ("translate", "occlusion"):
-        linear, offset = np.eye(2), -np.asarray(clip.velocity, float) * t
-    elif clip.kind == "rotate":
-        a = -math.radians(clip.angle * t)
-        linear, offset = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]), np.zeros(2)
-    else:  # zoom
-        linear, offset = np.eye(2) / clip.zoom ** t, np.zeros(2)
-    m = np.eye(3)
-    m[:2, :2] = linear
-    m[:2, 2] = big + offset - linear @ c  # q = big + offset + L (p - c)
-    return m
-
-
-def object_centre(clip: MotionClip, t: float) -> np.ndarray:
-    return np.asarray(clip.object_start, float) + np.asarray(clip.object_velocity, float) * t
-
-
-@lru_cache(maxsize=8)
-def _sprite(radius: float, colour: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """The world's ball: premultiplied RGB, coverage alpha (its visible mask) and its centre index."""
-    size = math.ceil(2 * radius) + 6
-    # The world measures in fractions of the short side with pixel centres at +0.5, so the ball's
-    # centre (0.5 of the side) is at pixel index (size - 1) / 2.
-    scene = Scene("gray wall", (Thing("ball", colour, cx=0.5, cy=0.5, radius=radius / size),))
-    image, masks = render(scene, size, size)
-    alpha = masks[0].astype(np.float32)
-    return image.astype(np.float32) * alpha[..., None], alpha, (size - 1) / 2
-
-
-def _object_layer(clip: MotionClip, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ball in frame ``t``: its colour (H, W, 3) and its hard mask (coverage >= 0.5).
-
-    The sprite is moved with bilinear sampling of its premultiplied colour and coverage; the
-    frame then shows the ball wherever the coverage is at least 0.5 and the background elsewhere
-    (no blending), so that every pixel shows exactly one surface and has one true flow.
-    """
-    premult, alpha, cs = _sprite(float(clip.object_radius), clip.object_colour)
-    ox, oy = object_centre(clip, t)
-    m = np.array([[1.0, 0.0, cs - ox], [0.0, 1.0, cs - oy]])  # frame pixel -> sprite pixel
-    size = (clip.width, clip.height)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    rgb = cv2.warpAffine(premult, m, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    a = cv2.warpAffine(alpha, m, size, flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    mask = a >= 0.5
-    colour = np.where(mask[..., None], rgb / np.maximum(a, 1e-6)[..., None], 0).astype(np.float32)
-    return colour, mask
-
-
-def object_mask(clip: MotionClip, t: int) -> np.ndarray:
-    """bool (H, W): the pixels of frame ``t`` that belong to the ball (coverage >= 0.5)."""
-    if clip.kind != "occlusion":
-        return np.zeros((clip.height, clip.width), bool)
-    return _object_layer(clip, t)[1]
-
-
-def _check_coverage(clip: MotionClip) -> None:
-    corners = np.array([[0, 0, 1], [clip.width - 1, 0, 1], [0, clip.height - 1, 1],
-                        [clip.width - 1, clip.height - 1, 1]], float).T
-    for t in range(clip.frames):
-        q = frame_to_texture(clip, t) @ corners
-        if q[:2].min() < 1 or q[:2].max() > clip.texture_size - 2:
-            raise ValueError(f"frame {t} of {clip.kind} leaves the {clip.texture_size}px texture; "
-                             "use a larger texture_size or a slower motion")
+# --------------------------------------------------------------------------- rendering and flow
 
 
 def render_frame(clip: MotionClip, t: int) -> np.ndarray:
     """Frame ``t``: uint8 (H, W, 3)."""
-    tex = texture(clip.texture_size, clip.seed)
-    a = frame_to_texture(clip, t)
-    frame = cv2.warpAffine(tex, a[:2], (clip.width, clip.height),
-                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
-    if clip.kind == "occlusion":
-        colour, mask = _object_layer(clip, t)
-        frame = np.where(mask[..., None], colour, frame)
-    return np.clip(np.round(frame), 0, 255).astype(np.uint8)
+    return clip.world().render(t, clip.height, clip.width)[0]
 
 
 def render_clip(clip: MotionClip) -> np.ndarray:
     """All frames: uint8 (N, H, W, 3)."""
-    _check_coverage(clip)
-    return np.stack([render_frame(clip, t) for t in range(clip.frames)])
+    world = clip.world()
+    return np.stack([world.render(t, clip.height, clip.width)[0] for t in range(clip.frames)])
+
+
+def _pixel_centres(clip: MotionClip) -> tuple[np.ndarray, np.ndarray]:
+    """Column and row of every pixel centre in world v2's pixel coordinates (float64 (H, W))."""
+    rows, cols = np.mgrid[0:clip.height, 0:clip.width].astype(np.float64) + 0.5
+    return cols, rows
+
+
+def surfaces(clip: MotionClip, t: int) -> np.ndarray:
+    """int64 (H, W): the object seen at each pixel centre of frame ``t``, -1 for the background."""
+    scene, camera = clip.world().frame(t)
+    return scene.owner(*camera.to_world(*_pixel_centres(clip), clip.height, clip.width))
+
+
+def object_mask(clip: MotionClip, t: int) -> np.ndarray:
+    """bool (H, W): the pixels of frame ``t`` whose centre shows an object."""
+    return surfaces(clip, t) >= 0
 
 
 def true_flow(clip: MotionClip, t: int, s: int) -> np.ndarray:
     """The exact flow from frame ``t`` to frame ``s``: float32 (H, W, 2), ``(dx, dy)`` such that the
     surface point at pixel ``(x, y)`` of frame ``t`` is at ``(x + dx, y + dy)`` in frame ``s``.
 
-    Background/texture pixels follow ``A_s^-1 A_t``; in "occlusion" the ball's pixels of frame
-    ``t`` follow the ball. Occlusion is not marked here: apply the forward-backward test to the
-    true flows in both directions (``tokenflow.eval.metrics.true_flows``).
+    Pixels that show an object follow the object (its move and turn), the others the background
+    (fixed in the world); both through the cameras of ``t`` and ``s``. Occlusion is not marked
+    here: apply the forward-backward test to the true flows in both directions
+    (``tokenflow.eval.metrics.true_flows``).
     """
-    m = np.linalg.inv(frame_to_texture(clip, s)) @ frame_to_texture(clip, t)
-    ys, xs = np.mgrid[0:clip.height, 0:clip.width].astype(np.float64)
-    flow = np.empty((clip.height, clip.width, 2), np.float64)
-    flow[..., 0] = m[0, 0] * xs + m[0, 1] * ys + m[0, 2] - xs
-    flow[..., 1] = m[1, 0] * xs + m[1, 1] * ys + m[1, 2] - ys
-    if clip.kind == "occlusion":
-        flow[object_mask(clip, t)] = np.asarray(clip.object_velocity, float) * (s - t)
-    return flow.astype(np.float32)
+    world = clip.world()
+    (scene_t, camera_t), (scene_s, camera_s) = world.frame(t), world.frame(s)
+    cols, rows = _pixel_centres(clip)
+    x, y = camera_t.to_world(cols, rows, clip.height, clip.width)
+    owner = scene_t.owner(x, y)
+    for i, (before, after) in enumerate(zip(scene_t.things, scene_s.things)):
+        mine = owner == i
+        x[mine], y[mine] = after.world(*before.local(x[mine], y[mine]))
+    to_col, to_row = camera_s.to_pixels(x, y, clip.height, clip.width)
+    return np.stack([to_col - cols, to_row - rows], axis=-1).astype(np.float32)
 
 
 def flow_pairs(n: int, long_range: int = LONG_RANGE) -> list[tuple[int, int]]:
@@ -256,25 +225,31 @@ def flow_pairs(n: int, long_range: int = LONG_RANGE) -> list[tuple[int, int]]:
 
 def save_clip(clip: MotionClip, directory: str | Path, name: str, *, long_range: int = LONG_RANGE,
               fps: float = FPS) -> dict[str, Path]:
-    """Write ``NAME.mp4``, ``NAME/*.png`` and ``NAME.flow.npz`` into ``directory``."""
+    """Write ``NAME.mp4``, ``NAME/*.png`` and ``NAME.flow.npz`` into ``directory`` (each file
+    atomically; frames of an earlier, longer clip of that name are removed after the new ones are
+    written)."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     frames = render_clip(clip)
     paths = {"mp4": folder / f"{name}.mp4", "frames": folder / name, "flow": folder / f"{name}.flow.npz"}
     write_video(paths["mp4"], frames, fps)
-    if paths["frames"].is_dir():
-        for old in paths["frames"].glob("*.png"):  # frames of an earlier, longer clip
+    kept = set(write_frames(paths["frames"], frames))
+    for old in paths["frames"].glob("*.png"):
+        if old not in kept:
             old.unlink()
-    write_frames(paths["frames"], frames)
     pairs = flow_pairs(clip.frames, long_range)
     save_true_flow(paths["flow"], {(t, s): true_flow(clip, t, s) for t, s in pairs}, params=clip.to_json())
     return paths
 
 
 def load_clip_params(path: str | Path) -> MotionClip:
-    """The :class:`MotionClip` stored in a ``.flow.npz``."""
+    """The :class:`MotionClip` stored in a ``.flow.npz``; ``ValueError`` if it holds none."""
     with np.load(path, allow_pickle=False) as data:
-        return MotionClip.from_json(str(data["params"]))
+        text = str(data["params"]) if "params" in data.files else ""
+    try:
+        return MotionClip.from_json(text)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: its params are not a motion clip of world v2 ({exc})") from None
 
 
 # --------------------------------------------------------------------------- measuring
@@ -302,22 +277,32 @@ def measure(clip: MotionClip, long_range: int = LONG_RANGE) -> dict[str, dict[st
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE, help="output folder (default examples/motion)")
     parser.add_argument("--long-range", type=int, default=LONG_RANGE, help="frame gap of the long pairs")
     parser.add_argument("--measure", action="store_true", help="print DIS/Farneback errors against the true flow")
     args = parser.parse_args(argv)
-    for name, clip in CLIPS.items():
-        paths = save_clip(clip, args.out, name, long_range=args.long_range)
-        print(paths["mp4"], paths["frames"], paths["flow"])
-    if args.measure:
-        print(f"\n{'clip':<10} {'pairs':<6} {'EPE dis':>8} {'EPE fb':>8} {'warp true':>10} {'warp dis':>10} {'warp fb':>10}")
+    shortest = min(clip.frames for clip in CLIPS.values())
+    if not 1 <= args.long_range < shortest:
+        parser.error(f"--long-range must be between 1 and {shortest - 1}, got {args.long_range}")
+    try:
         for name, clip in CLIPS.items():
+            paths = save_clip(clip, args.out, name, long_range=args.long_range)
+            print(paths["mp4"], paths["frames"], paths["flow"])
+    except (OSError, VideoError) as exc:
+        print(f"error: cannot write the clips to {args.out}: {exc}", file=sys.stderr)
+        return 1
+    if args.measure:
+        print(f"\n{'clip':<10} {'size':<8} {'pairs':<6} {'EPE dis':>8} {'EPE fb':>8} {'warp true':>10} "
+              f"{'warp dis':>10} {'warp fb':>10}")
+        for name, clip in CLIPS.items():
+            size = f"{clip.height}x{clip.width}"
             for span, row in measure(clip, args.long_range).items():
-                print(f"{name:<10} {span:<6} {row['epe_dis']:8.3f} {row['epe_farneback']:8.3f} "
+                print(f"{name:<10} {size:<8} {span:<6} {row['epe_dis']:8.3f} {row['epe_farneback']:8.3f} "
                       f"{row['warp_true']:10.2e} {row['warp_dis']:10.2e} {row['warp_farneback']:10.2e}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

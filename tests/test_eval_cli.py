@@ -36,9 +36,10 @@ def _json(result) -> dict:
 
 @pytest.fixture(scope="module")
 def translate(tmp_path_factory) -> dict:
-    """A known-motion clip (sub-pixel translation) as PNG frames plus its true flows."""
-    clip = replace(motion_clips.CLIPS["translate"], frames=10, height=48, width=64)
-    paths = motion_clips.save_clip(clip, tmp_path_factory.mktemp("motion"), "translate")
+    """A known-motion clip (world v2's camera pan: a sub-pixel translation) as PNG frames plus
+    its true flows."""
+    clip = replace(motion_clips.CLIPS["pan"], frames=10, height=48, width=64)
+    paths = motion_clips.save_clip(clip, tmp_path_factory.mktemp("motion"), "pan")
     return {"clip": clip, **paths}
 
 
@@ -56,7 +57,8 @@ def test_true_flow_gives_near_zero_warp_error_and_flicker_a_large_one(translate,
                          translate["flow"], "--json"))
     estimated = _json(_invoke("eval", translate["frames"], translate["frames"], "--json"))
     assert true["flow"].startswith("true")
-    assert true["aggregate"]["warp_error"] < 2e-5  # bilinear resampling of a sub-pixel shift only
+    # bilinear resampling of anti-aliased edges only (measured 4.1e-4 at this size)
+    assert true["aggregate"]["warp_error"] < 1e-3
     frames = read_video(translate["frames"]).frames
     rng = np.random.default_rng(0)
     gains = rng.uniform(0.6, 1.0, size=(len(frames), 1, 1, 3))
@@ -64,7 +66,7 @@ def test_true_flow_gives_near_zero_warp_error_and_flicker_a_large_one(translate,
     write_frames(flickering, np.clip(frames * gains, 0, 255).astype(np.uint8))
     bad = _json(_invoke("eval", translate["frames"], flickering, "--true-flow", translate["flow"],
                         "--json"))
-    assert bad["aggregate"]["warp_error"] > 100 * true["aggregate"]["warp_error"]
+    assert bad["aggregate"]["warp_error"] > 20 * true["aggregate"]["warp_error"]
     assert bad["aggregate"]["warp_error"] > 10 * estimated["aggregate"]["warp_error"]
 
 

@@ -7,6 +7,7 @@ import importlib.util
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -338,65 +339,93 @@ def test_align_errors():
 # --------------------------------------------------------------------------- known-motion clips
 
 
-@pytest.mark.parametrize("kind", ["translate", "rotate", "zoom", "occlusion"])
+def _hidden(clip, flow: np.ndarray, t: int, s: int) -> np.ndarray:
+    """Pixels of frame ``t`` whose surface point, where ``flow`` takes it in frame ``s``, is behind
+    another surface there (by the clip's scene: who is seen at that exact point)."""
+    world = clip.world()
+    (scene_t, camera_t), (scene_s, camera_s) = world.frame(t), world.frame(s)
+    ys, xs = np.mgrid[0:clip.height, 0:clip.width] + 0.5
+    seen_t = scene_t.owner(*camera_t.to_world(xs, ys, clip.height, clip.width))
+    seen_s = scene_s.owner(*camera_s.to_world(xs + flow[..., 0], ys + flow[..., 1], clip.height, clip.width))
+    return seen_s != seen_t
+
+
+# Measured with 6 frames, mean differences in uint8 levels on valid pixels: on objects at most
+# 3.3 (pan), 4.1 (zoom), 2.8 (turn) and 2.0 (occlusion), all of it at their sharp outlines and
+# texture edges (resampling anti-aliased edges; in the zoom, detail that grows); on the background
+# at most 0.6. A flow half a pixel off leaves at least 5.7 on objects and 1.4 on the background;
+# the turn lit from the side (world v2's default light) leaves 5.8 on objects.
+@pytest.mark.parametrize("kind", ["pan", "zoom", "turn", "occlusion"])
 def test_generator_true_flow_is_exact(mc, kind):
-    clip = mc.CLIPS[kind]
+    clip = replace(mc.CLIPS[kind], frames=6)
     frames = mc.render_clip(clip)
     pairs = mc.flow_pairs(clip.frames, 4)
     known = true_flows({p: mc.true_flow(clip, *p) for p in pairs})
     for t, s in pairs:
         valid = known.valid[(t, s)]
-        assert valid.mean() > 0.75, (t, s)
-        diff = np.abs(warp(frames[s], known.forward[(t, s)]) - frames[t]).mean(-1)
-        assert diff[valid].mean() < 2.0, (t, s, diff[valid].mean())  # uint8 units: < 2/255
-    if kind in ("rotate", "zoom"):  # the documented direction, checked against OpenCV's own matrix
-        c = ((clip.width - 1) / 2, (clip.height - 1) / 2)
-        if kind == "rotate":  # OpenCV's positive angle is counter-clockwise on screen
-            m = cv2.getRotationMatrix2D(c, -clip.angle, 1.0)
-            assert known.forward[(0, 1)][64, 120, 1] > 0  # right of centre moves down: clockwise
-        else:
-            m = cv2.getRotationMatrix2D(c, 0.0, clip.zoom)
-            assert known.forward[(0, 1)][64, 120, 0] > 0  # right of centre moves right: zoom in
-        expected = cv2.warpAffine(frames[0].astype(np.float32), m, (clip.width, clip.height), flags=cv2.INTER_LINEAR)
-        assert np.abs(expected - frames[1])[16:-16, 16:-16].mean() < 2.0
-    if kind == "translate":  # a wrong flow is caught: half the velocity
-        wrong = {p: mc.true_flow(clip, *p) * 0.5 for p in pairs[:1]}
-        diff = np.abs(warp(frames[1], wrong[(0, 1)]) - frames[0]).mean(-1)
-        assert diff[known.valid[(0, 1)]].mean() > 2.0
+        assert valid.mean() > 0.8, (t, s)
+        on_object = mc.object_mask(clip, t)
+        for flow, bounds in ((known.forward[(t, s)], (4.5, 0.8)),
+                             (known.forward[(t, s)] + np.float32([0.5, 0.5]), None)):
+            diff = np.abs(warp(frames[s], flow) - frames[t]).mean(-1)
+            errors = diff[valid & on_object].mean(), diff[valid & ~on_object].mean()
+            if bounds:
+                assert errors[0] < bounds[0] and errors[1] < bounds[1], (t, s, errors)
+            else:  # half a pixel off: caught
+                assert errors[0] > 5.5 and errors[1] > 1.2, (t, s, errors)
+    moving = [i for i, (dx, dy, da) in enumerate(clip.motions) if da]
+    for i in moving:  # a turn is clockwise on screen: right of the centre moves down
+        thing = clip.scene.things[i]
+        col, row = (np.array([thing.x + 0.5 * thing.radius, thing.y]) * min(clip.height, clip.width)
+                    + np.array([clip.width, clip.height]) / 2).astype(int)
+        rate = clip.motions[i][1] * min(clip.height, clip.width)  # the object's own move down
+        assert (known.forward[(0, 1)][row, col, 1] - rate) * np.sign(clip.motions[i][2]) > 0.1
+
+
+def test_generator_pure_pan_gives_a_constant_flow_equal_to_the_pan(mc):
+    scene = mc.CLIPS["pan"].scene
+    for height, width, pan in ((48, 80, (2 / 48, -1 / 48)), (96, 72, (0.01, 0.004))):
+        clip = mc.MotionClip(scene, frames=5, height=height, width=width, pan=pan)
+        step = -np.array(pan) * min(height, width)  # pixels per frame; the picture moves against the camera
+        for t, s in ((0, 1), (1, 0), (0, 4), (3, 1)):
+            assert np.allclose(mc.true_flow(clip, t, s), step * (s - t), atol=1e-4), (height, width, t, s)
+    frames = mc.render_clip(mc.MotionClip(scene, frames=2, height=48, width=80, pan=(2 / 48, -1 / 48)))
+    a, b = frames.astype(int)
+    assert np.abs(b[1:, :-2] - a[:-1, 2:]).max() <= 1  # 2 px left and 1 px down, exactly
 
 
 def test_generator_occlusion_is_found_by_the_forward_backward_test(mc):
     clip = mc.CLIPS["occlusion"]
-    for t, s in ((0, 1), (3, 7), (9, 5), (6, 5)):
-        flow = mc.true_flow(clip, t, s)
-        valid = valid_mask(flow, mc.true_flow(clip, s, t))
-        ball_t, ball_s = mc.object_mask(clip, t), mc.object_mask(clip, s)
-        ys, xs = np.nonzero(~ball_t)
-        tx = np.rint(xs + flow[ys, xs, 0]).astype(int)
-        ty = np.rint(ys + flow[ys, xs, 1]).astype(int)
-        inside = (tx >= 0) & (tx < clip.width) & (ty >= 0) & (ty < clip.height)
-        hidden = np.zeros_like(ball_t)
-        hidden[ys[inside], xs[inside]] = ball_s[ty[inside], tx[inside]]  # background covered in s
-        assert hidden.sum() > 100
-        assert not valid[hidden].any()
-        assert valid[ball_t & (cv2.erode(ball_t.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0)].all()
+    px = min(clip.height, clip.width)
+    pan_flow = -np.array(clip.pan) * px
+    for t, s in ((8, 9), (10, 14), (14, 10), (12, 11)):
+        flow, back = mc.true_flow(clip, t, s), mc.true_flow(clip, s, t)
+        valid = valid_mask(flow, back)
+        hidden = _hidden(clip, flow, t, s)
+        seen = mc.surfaces(clip, t)
+        assert hidden.sum() > 50, (t, s)
+        assert not valid[hidden].any(), (t, s)
+        # hidden points still get a flow: the box's covered pixels follow the box (fixed in the world)
+        box = hidden & (seen == 0)
+        assert box.sum() > 20 and np.allclose(flow[box], pan_flow * (s - t), atol=1e-4)
+        ball = (seen == 1).astype(np.uint8)
+        assert valid[cv2.erode(ball, np.ones((5, 5), np.uint8)) > 0].all()  # the ball's inside
 
 
 def test_generator_dis_error_is_measured(mc, record_property):
     """DIS and Farneback against the true flow; the numbers are reported, the bounds only sane."""
-    for kind in ("translate", "rotate", "zoom", "occlusion"):
-        clip = mc.CLIPS[kind]
-        row = mc.measure(clip, 4)
+    for kind in mc.KINDS:
+        row = mc.measure(replace(mc.CLIPS[kind], frames=10), 4)
         record_property(kind, row)
         print(f"{kind}: {row}")
         for span in ("short", "long"):
-            assert 0 < row[span]["epe_dis"] < 1.0, (kind, span, row)
-            assert row[span]["warp_true"] <= row[span]["warp_dis"], (kind, span, row)
+            assert 0 < row[span]["epe_dis"] < 1.5, (kind, span, row)
+            assert 0 < row[span]["warp_true"] < 5e-4, (kind, span, row)
 
 
 def test_generator_files_roundtrip(mc, tmp_path):
-    clip = mc.MotionClip("occlusion", frames=6, height=48, width=64, velocity=(0.5, 0.0),
-                         object_start=(16.0, 24.0), object_velocity=(2.0, 0.5), object_radius=8.0)
+    base = mc.CLIPS["occlusion"]
+    clip = replace(base, frames=6, height=48, width=64)
     paths = mc.save_clip(clip, tmp_path, "occ", long_range=2)
     flows = mc.load_true_flow(paths["flow"])
     assert sorted(flows) == sorted(mc.flow_pairs(6, 2))
@@ -409,5 +438,30 @@ def test_generator_files_roundtrip(mc, tmp_path):
     assert np.array_equal(read_video(paths["frames"]).frames, frames)  # PNGs are exact
     mp4 = read_video(paths["mp4"]).frames
     assert mp4.shape == frames.shape and np.abs(mp4.astype(int) - frames).mean() < 4
-    with pytest.raises(ValueError, match="leaves the"):
-        mc.render_clip(mc.MotionClip("translate", velocity=(20.0, 0.0)))
+    shorter = replace(clip, frames=3)  # the same name again: no frame of the longer clip is left
+    mc.save_clip(shorter, tmp_path, "occ", long_range=2)
+    assert sorted(p.name for p in paths["frames"].iterdir()) == ["00000.png", "00001.png", "00002.png"]
+    assert mc.load_clip_params(paths["flow"]) == shorter
+    np.savez(tmp_path / "other.npz", pairs=np.zeros((0, 2)), flows=np.zeros((0, 1, 1, 2)))
+    with pytest.raises(ValueError, match="not a motion clip"):
+        mc.load_clip_params(tmp_path / "other.npz")
+
+
+def test_generator_refuses_bad_clips_and_arguments(mc, tmp_path, capsys):
+    scene = mc.CLIPS["occlusion"].scene
+    with pytest.raises(ValueError, match="1 motions for 2 objects"):
+        mc.MotionClip(scene, motions=((0.0, 0.0, 1.0),))
+    with pytest.raises(ValueError, match="unknown background 'lava'"):
+        mc.MotionClip(replace(scene, background="lava"))
+    with pytest.raises(ValueError, match="unknown 'hexagon'"):
+        mc.MotionClip(scene.with_thing(0, shape="hexagon"))
+    with pytest.raises(SystemExit) as exit_info:
+        mc.main(["--long-range", "0", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "--long-range must be between 1 and 23, got 0" in capsys.readouterr().err
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert mc.main(["--out", str(blocked)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write the clips to")
+    assert blocked.read_text() == "not a folder"

@@ -3,6 +3,7 @@ any aspect ratio from 1:2 to 2:1, and the rule-based checks that read a frame.""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -98,6 +99,35 @@ def test_zoom_and_object_motion() -> None:
     assert abs(second[0].sum() / first[0].sum() - 1.5 ** 2) < 0.06
     assert abs(np.nonzero(second[0])[1].mean() + 0.5 - (64 + 0.25 * 1.5 * 64)) < 0.2  # pixel centres
     assert clip.frame(1)[0].things[0].x == 0.25 and clip.scene.things[0].x == 0.0
+
+
+def test_pixel_and_object_coordinates_invert_each_other() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-1, 1, (2, 50))
+    camera = Camera(0.2, -0.1, 1.3)
+    col, row = camera.to_pixels(x, y, 72, 128)
+    assert np.allclose(camera.to_world(col, row, 72, 128), (x, y))
+    assert np.allclose(Camera().to_pixels(0.0, 0.25, 72, 128), (64, 36 + 18))  # world units: the short side
+    thing = Thing("box", "red", x=0.3, y=-0.2, radius=0.2, angle=90)
+    assert np.allclose(thing.world(*thing.local(x, y)), (x, y))
+    assert np.allclose(thing.local(0.3, -0.2), (0, 0))
+    assert np.allclose(thing.world(1.0, 0.0), (0.3, 0.0))  # a quarter turn: right goes down
+
+
+def test_owner_is_the_last_object_drawn_and_agrees_with_the_rendered_masks() -> None:
+    scene = Scene("sand", (Thing("box", "blue", "striped", x=-0.1, radius=0.25, angle=20),
+                           Thing("ball", "red", x=0.15, y=0.05, radius=0.2),
+                           Thing("triangle", "green", x=0.6, radius=0.2)))
+    assert list(scene.owner(np.array([-0.3, 0.0, 0.15, 0.6, 0.7]), np.array([0.0, 0.0, 0.05, 0.0, -0.4]))) \
+        == [0, 1, 1, 2, -1]  # the box alone, box and ball (the ball is drawn later), ..., nothing
+    camera = Camera(0.05, 0.02, 1.2)
+    _, masks = render(scene, 72, 128, camera=camera)
+    rows, cols = np.mgrid[0:72, 0:128] + 0.5
+    owner = scene.owner(*camera.to_world(cols, rows, 72, 128))
+    for i, mask in enumerate(masks):  # pixel centres against coverage >= 0.5: only on outlines
+        differ = (owner == i) != mask
+        outline = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)) > 0
+        assert mask.sum() > 300 and not (differ & ~outline).any() and differ.sum() < 0.05 * mask.sum()
 
 
 @pytest.mark.parametrize("texture", TEXTURES)

@@ -7,7 +7,9 @@ dots, checks or rings) with an orientation, a period and a phase, attached to th
 it moves and turns with it, and are shaded with a light direction and a specular highlight.
 Backgrounds are drawn from seeded value noise in world coordinates, so a camera pan shifts them
 exactly. A :class:`Clip` is a scene plus per-frame parameters; frame ``t`` is rendered from them
-alone.
+alone. The geometry is exact and public: :meth:`Camera.to_world` and :meth:`Camera.to_pixels`,
+:meth:`Thing.local` and :meth:`Thing.world`, :meth:`Scene.owner` (which object is seen at a point),
+so a clip's true optical flow can be computed (``examples/motion_clips.py``).
 
 As in :mod:`tokenflow.embedded.world`, every background is unsaturated and every object saturated,
 so the checks of :mod:`tokenflow.embedded.world2_checks` read a frame by rules, with no learned
@@ -63,6 +65,23 @@ class Thing:
     def words(self) -> str:
         return thing_words(self.colour, self.texture, self.shape)
 
+    def local(self, x, y):
+        """Object coordinates ``(u, v)`` of world points: units of the radius, turned with the
+        object (a positive ``angle`` turns it clockwise on screen, y pointing down)."""
+        a = np.deg2rad(self.angle)
+        dx, dy = (x - self.x) / self.radius, (y - self.y) / self.radius
+        return dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
+
+    def world(self, u, v):
+        """World coordinates of object coordinates ``(u, v)``: the inverse of :meth:`local`."""
+        a = np.deg2rad(self.angle)
+        return (self.x + self.radius * (u * np.cos(a) - v * np.sin(a)),
+                self.y + self.radius * (u * np.sin(a) + v * np.cos(a)))
+
+    def contains(self, x, y) -> np.ndarray:
+        """True at the world points inside the object's shape."""
+        return _shape_mask(self, *self.local(x, y))
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -76,6 +95,15 @@ class Scene:
     def caption(self) -> str:
         article = "a " if self.background == "wall" else ""
         return " and ".join(t.words() for t in self.things) + f" on {article}{self.background}"
+
+    def owner(self, x, y) -> np.ndarray:
+        """int64: at each world point, the index of the object seen there (the last one drawn of
+        those whose shape holds it: later objects are drawn over earlier ones), -1 for the
+        background."""
+        owner = np.full(np.shape(x), -1, np.int64)
+        for i, thing in enumerate(self.things):
+            owner[thing.contains(x, y)] = i
+        return owner
 
     def with_thing(self, index: int, **changes) -> Scene:
         things = list(self.things)
@@ -93,6 +121,18 @@ class Camera:
         """Half the width and half the height of the view, in world units."""
         short = min(height, width)
         return width / short / 2 / self.zoom, height / short / 2 / self.zoom
+
+    def to_world(self, col, row, height: int, width: int):
+        """World coordinates seen at pixel coordinates ``(col, row)`` of a ``height x width``
+        frame, where pixel ``i`` spans ``[i, i + 1)`` (its centre is at ``i + 0.5``)."""
+        short = min(height, width)
+        return (self.x + (col - width / 2) / short / self.zoom,
+                self.y + (row - height / 2) / short / self.zoom)
+
+    def to_pixels(self, x, y, height: int, width: int):
+        """Pixel coordinates ``(col, row)`` of world points: the inverse of :meth:`to_world`."""
+        short = min(height, width)
+        return (x - self.x) * self.zoom * short + width / 2, (y - self.y) * self.zoom * short + height / 2
 
 
 @dataclass(frozen=True)
@@ -271,13 +311,6 @@ def _background(scene: Scene, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return shade[..., None] * base
 
 
-def _local(thing: Thing, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Object coordinates in units of its radius, turned with it."""
-    a = np.deg2rad(thing.angle)
-    dx, dy = (x - thing.x) / thing.radius, (y - thing.y) / thing.radius
-    return dx * np.cos(a) + dy * np.sin(a), -dx * np.sin(a) + dy * np.cos(a)
-
-
 def _shape_mask(thing: Thing, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if thing.shape == "ball":
         return u ** 2 + v ** 2 <= 1
@@ -339,25 +372,21 @@ def render(scene: Scene, height: int = 64, width: int = 64, *, camera: Camera = 
     """
     s = supersample
     h, w = height * s, width * s
-    short = float(min(h, w))
     py, px = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
-    x = camera.x + (px - w / 2) / short / camera.zoom
-    y = camera.y + (py - h / 2) / short / camera.zoom
+    x, y = camera.to_world(px, py, h, w)
     image = _background(scene, x, y)
     owner = np.full((h, w), -1, np.int64)
     for i, thing in enumerate(scene.things):
-        # only the pixels of the circle that holds the shape
-        reach = thing.radius * _BOUND[thing.shape] * camera.zoom * short + 2
-        col = (thing.x - camera.x) * camera.zoom * short + w / 2
-        row = (thing.y - camera.y) * camera.zoom * short + h / 2
+        # only the pixels of the circle that holds the shape (the order is Scene.owner's)
+        reach = thing.radius * _BOUND[thing.shape] * camera.zoom * min(h, w) + 2
+        col, row = camera.to_pixels(thing.x, thing.y, h, w)
         box = (slice(max(0, int(row - reach)), max(0, int(row + reach) + 1)),
                slice(max(0, int(col - reach)), max(0, int(col + reach) + 1)))
-        u, v = _local(thing, x[box], y[box])
         mask = np.zeros((h, w), bool)
-        mask[box] = _shape_mask(thing, u, v)
+        mask[box] = thing.contains(x[box], y[box])
         if not mask.any():
             continue
-        u, v = _local(thing, x[mask], y[mask])
+        u, v = thing.local(x[mask], y[mask])
         hue = COLOURS[thing.colour] + thing.hue_jitter
         base, dark = _hsv(hue, 0.85, thing.value), _hsv(hue, 0.9, thing.value * 0.5)
         colour = np.where(_texture(thing, u, v)[:, None], dark, base)
