@@ -1,7 +1,7 @@
 """The editors side by side on one example clip and prompt, with the embedded model.
 
-    python benchmarks/editors.py [--clip examples/clips/ball.mp4] [--prompt "a blue ball on sand"]
-                                 [--frames 24] [--sheet docs/figures/editors.png]
+    python benchmarks/editors.py [--clip examples/clips/rolling_ball.mp4]
+                                 [--prompt "a blue ball on sand"] [--frames 16] [--sheet docs/figures/editors.png]
 
 Runs every editor on the same clip, prompt and shared stage cache (inversion, features,
 keyframes and correspondences are computed once), then prints one table row per editor:
@@ -66,10 +66,11 @@ def _localblend(pm) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", type=Path, default=ROOT / "examples" / "clips" / "ball.mp4")
-    parser.add_argument("--source-prompt", default="a red ball on a checkered floor")
+    parser.add_argument("--clip", type=Path,
+                        default=ROOT / "examples" / "clips" / "rolling_ball.mp4")
+    parser.add_argument("--source-prompt", default="a red ball on wood")
     parser.add_argument("--prompt", default="a blue ball on sand")
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--sheet", type=Path, default=ROOT / "docs" / "figures" / "editors.png")
