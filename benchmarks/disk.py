@@ -8,8 +8,8 @@ and keyframes are computed once; the first variant is the reference):
 
 * ``random``: issue 11's random-weight SD-2.1-base-shaped model (see benchmarks/wall_time.py),
   a synthetic 16-frame 128x192 clip, 50 inversion + 50 editing steps, batch 8;
-* ``embedded``: the embedded default model on examples/clips/ball.mp4 and sky.mp4 (24 frames,
-  64x64), its defaults.
+* ``embedded``: the embedded default model on examples/clips/rolling_ball.mp4 (16 frames) and
+  box_pan.mp4 (24 frames, 16:9), at its working size, its defaults.
 
 A variant is a ``;``-separated list entry of ``-o features.NAME=VALUE`` pairs joined by spaces
 (``float16`` and ``int8`` are shorthands for ``dtype=...``). Columns: the feature store's bytes
@@ -76,8 +76,8 @@ def main() -> None:
                               "--steps", "50", "--inversion-steps", "50", "--batch-size", "8",
                               "--prompt", "a photo of a cat"]))
             elif setting == "embedded":
-                for name, prompt in (("ball", "a blue ball on a checkered floor"),
-                                     ("sky", "a red kite in a blue sky")):
+                for name, prompt in (("rolling_ball", "a blue striped ball on wood"),
+                                     ("box_pan", "a red kite in a blue sky")):
                     runs.append((f"embedded, {name}.mp4",
                                  [str(ROOT / "examples" / "clips" / f"{name}.mp4"),
                                   "--prompt", prompt]))

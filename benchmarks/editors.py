@@ -1,13 +1,15 @@
 """The editors side by side on one example clip and prompt, with the embedded model.
 
-    python benchmarks/editors.py [--clip examples/clips/ball.mp4] [--prompt "a blue ball on sand"]
-                                 [--frames 24] [--sheet docs/figures/editors.png]
+    python benchmarks/editors.py [--clip examples/clips/rolling_ball.mp4]
+                                 [--prompt "a blue ball on sand"] [--frames 16]
+                                 [--sheet docs/figures/editors.png]
 
 Runs every editor on the same clip, prompt and shared stage cache (inversion, features,
 keyframes and correspondences are computed once), then prints one table row per editor:
 
 * mean |edit - pnp| and mean |edit - source| over all pixels (0-255 scale);
-* colour: fraction of frames whose object has the colour the prompt names (tokenflow.embedded.world rules);
+* colour: fraction of frames whose object has the colour the prompt names (tokenflow.world's
+  rules);
 * IoU: median object-mask IoU against the source frame (the layout is kept);
 * background: fraction of frames whose background is still the source's kind;
 * flicker: mean |frame t+1 - frame t| of the edit minus that of the source (0 = as steady as
@@ -66,10 +68,11 @@ def _localblend(pm) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clip", type=Path, default=ROOT / "examples" / "clips" / "ball.mp4")
-    parser.add_argument("--source-prompt", default="a red ball on a checkered floor")
+    parser.add_argument("--clip", type=Path,
+                        default=ROOT / "examples" / "clips" / "rolling_ball.mp4")
+    parser.add_argument("--source-prompt", default="a red ball on wood")
     parser.add_argument("--prompt", default="a blue ball on sand")
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--sheet", type=Path, default=ROOT / "docs" / "figures" / "editors.png")
@@ -83,20 +86,14 @@ def main() -> None:
     from tokenflow.plan import build_job
     from tokenflow.stages import RunConfig
     from tokenflow.video import read_video, resize_frames
-    from tokenflow.embedded.world import (
-        COLOURS,
-        background_kind,
-        mask_iou,
-        object_colour,
-        object_mask,
-    )
+    from tokenflow import world  # world v2's rules, the example clips' world
 
     torch.set_num_threads(2)
     model = load_model(None, device="cpu")
     clip = read_video(args.clip, frames=args.frames)
     size = model.native_size
     frames = resize_frames(clip.frames, size, size)
-    target = next(c for c in COLOURS if c in args.prompt.split())
+    target = next(c for c in world.COLOURS if c in args.prompt.split())
     pm = make_plugin_manager()
     have_localblend = _localblend(pm)
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="tf-editors-"))
@@ -105,8 +102,8 @@ def main() -> None:
 
     # the upstream stages once (any editor would do)
     build_job(pm, model, frames, config, cache=cache, params=params, until="correspondence").run()
-    src_bg = [background_kind(f) for f in frames]
-    src_masks = [object_mask(f) for f in frames]
+    src_bg = [world.background_kind(f) for f in frames]
+    src_masks = [world.object_mask(f) for f in frames]
     src_flicker = np.abs(np.diff(frames.astype(np.float64), axis=0)).mean()
 
     outputs: dict[str, np.ndarray] = {}
@@ -132,9 +129,9 @@ def main() -> None:
         ref = outputs.get("pnp", out).astype(np.float64)
         diff_pnp = np.abs(out.astype(np.float64) - ref).mean()
         diff_src = np.abs(out.astype(np.float64) - frames.astype(np.float64)).mean()
-        colour = np.mean([object_colour(f) == target for f in out])
-        iou = np.median([mask_iou(m, object_mask(f)) for m, f in zip(src_masks, out)])
-        kept = np.mean([background_kind(f) == b for f, b in zip(out, src_bg)])
+        colour = np.mean([world.object_colour(f) == target for f in out])
+        iou = np.median([world.mask_iou(m, world.object_mask(f)) for m, f in zip(src_masks, out)])
+        kept = np.mean([world.background_kind(f) == b for f, b in zip(out, src_bg)])
         flicker = np.abs(np.diff(out.astype(np.float64), axis=0)).mean() - src_flicker
         print(f"| {label} | {diff_pnp:.2f} | {diff_src:.2f} | {colour:.0%} | {iou:.3f} | "
               f"{kept:.0%} | {flicker:+.2f} | {timing} |")

@@ -2,15 +2,15 @@
 
     python benchmarks/fast_errors.py [--versions NAME=PYTHON,...] [--repeat R] [--cases a,b]
 
-Each case is a `tf run` of ``examples/clips/ball.mp4`` on the embedded model with one thing wrong,
-in its own process (``python -m tokenflow.cli``, one torch thread, OMP_WAIT_POLICY=PASSIVE, an
-empty cache and output folder in a temporary directory). ``--versions
-before=/work/main/.venv/bin/python,after=.venv/bin/python`` runs every case with each
-interpreter's tokenflow, interleaved (the machine's load affects both alike). Prints one Markdown
-table: the median wall seconds of ``--repeat`` runs (default 3), the exit code and the error line
-of each version. The last case, ``dry-run``, is a good run's ``--dry-run`` (exit 0, its totals
-line). A case that is still running after ``--timeout`` seconds (default 120) is killed
-and reported as ``>T``.
+Each case is a `tf run` of ``examples/clips/rolling_ball.mp4`` on the embedded model with one thing
+wrong, in its own process (``python -m tokenflow.cli``, one torch thread, OMP_WAIT_POLICY=PASSIVE,
+an empty cache and output folder in a temporary directory). ``--versions
+before=/work/main/.venv/bin/python,after=.venv/bin/python`` runs every case with each interpreter's
+tokenflow, interleaved (the machine's load affects both alike). Prints one Markdown table: the
+median wall seconds of ``--repeat`` runs (default 3), the exit code and the error line of each
+version. The last case, ``dry-run``, is a good run's ``--dry-run`` (exit 0, its totals line). A
+case that is still running after ``--timeout`` seconds (default 120) is killed and reported as
+``>T``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from measure import NEUTRAL_DIR  # benchmarks/measure.py (the script directory is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT / "examples" / "clips" / "ball.mp4"
+CLIP = ROOT / "examples" / "clips" / "rolling_ball.mp4"
 
 #: name -> (what is wrong, the tf run arguments after the video; {tmp} is a scratch directory)
 CASES: dict[str, tuple[str, list[str]]] = {
@@ -59,7 +59,7 @@ def command(python: str, case: str, tmp: Path) -> list[str]:
         at = args.index("--video")
         video = args[at + 1]
         del args[at:at + 2]
-    prompt = [] if "--prompt" in args else ["--prompt", "a blue ball on a checkered floor"]
+    prompt = [] if "--prompt" in args else ["--prompt", "a blue ball on wood"]
     out = [] if "--out" in args else ["--out", str(tmp / "out")]
     return [python, "-m", "tokenflow.cli", "run", video, *prompt, "--cache-dir", str(tmp / "cache"),
             *out, *args]

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-BALL = ["examples/clips/ball.mp4", "--inversion-prompt", "a red ball on a checkered floor",
+BALL = ["examples/clips/rolling_ball.mp4", "--inversion-prompt", "a red ball on wood",
         "--frames", "12", "--steps", "10", "--inversion-steps", "20", "--batch-size", "4"]
-BLUE = ["--prompt", "a blue ball on a checkered floor"]
+BLUE = ["--prompt", "a blue ball on wood"]
 
 #: name -> (tf run arguments, needs the tiny SD-shaped model)
 CASES: dict[str, tuple[list[str], bool]] = {

@@ -2,14 +2,15 @@
 with N steps, regenerate from the inverted noise over the same grid (same prompt, no guidance),
 compare with the source frames.
 
-    python benchmarks/inversion_steps.py [--steps 50,100,250,500] [--frames 8] [--clips ball,sky,...]
+    python benchmarks/inversion_steps.py [--steps 50,100,250,500] [--frames 8]
+                                         [--clips rolling_ball,box_pan,...]
 
-On the embedded model and its example clips (each with its source caption as the inversion
-prompt, 64x64, the first ``--frames`` frames). Prints one Markdown table: mean and minimum PSNR
-per clip and step count, the VAE's own PSNR (the ceiling), seconds, and for each clip the fewest
-steps within 0.5 dB of the most. Then, with ``--wall``, the wall time of a cold ``tf run`` of
-``ball.mp4`` (all 24 frames, 50 editing steps) at the model's default inversion steps against the
-same run with 500.
+On the embedded model and its example clips (examples/make_clips.py; each with its source caption
+as the inversion prompt, at the model's working size, the first ``--frames`` frames). Prints one
+Markdown table: mean and minimum PSNR per clip and step count, the VAE's own PSNR (the ceiling),
+seconds, and for each clip the fewest steps within 0.5 dB of the most. Then, with ``--wall``, the
+wall time of a cold ``tf run`` of ``rolling_ball.mp4`` (all 16 frames, 50 editing steps) at the
+model's default inversion steps against the same run with 500.
 """
 
 from __future__ import annotations
@@ -22,12 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTIONS = {
-    "ball": "a red ball on a checkered floor",
-    "turning_box": "a blue striped box on sand",
-    "passing": "a green triangle and a yellow dotted ball on a gray wall",
-    "sky": "a orange ball on sky",
-}
+sys.path.insert(0, str(ROOT / "examples"))
+from make_clips import CLIPS  # noqa: E402 - examples/make_clips.py
+
+CAPTIONS = {name: clip.caption() for name, clip in CLIPS.items()}
 
 
 def main() -> None:
@@ -46,7 +45,8 @@ def main() -> None:
     torch.set_num_threads(1)
     counts = [int(s) for s in args.steps.split(",")]
     model = tokenflow.load_model(None, device="cpu")
-    print(f"embedded model, 64x64, first {args.frames} frames, editing grid 50 steps, 1 torch "
+    print(f"embedded model, short side {model.native_size}, first {args.frames} frames, editing "
+          f"grid 50 steps, 1 torch "
           f"thread; reconstruction PSNR in dB (mean / min over frames)\n")
     print("| clip | " + " | ".join(f"{c} steps" for c in counts)
           + " | VAE alone | fewest steps within " + f"{args.tolerance} dB of {max(counts)} |")
@@ -75,7 +75,7 @@ def main() -> None:
 
 
 def wall(model) -> None:
-    """Cold `tf run` of ball.mp4 at the default inversion steps and at 500, same editing."""
+    """Cold `tf run` of rolling_ball.mp4 at the default inversion steps and at 500, same editing."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from measure import tf_run
 
@@ -85,12 +85,13 @@ def wall(model) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="tf-invwall-") as tmp:
         for label, extra in ((f"default ({default})", []), ("500", ["--inversion-steps", "500"])):
-            run = tf_run([str(ROOT / "examples" / "clips" / "ball.mp4"), "--inversion-prompt",
-                          CAPTIONS["ball"], "--prompt", "a blue ball on a checkered floor",
+            run = tf_run([str(ROOT / "examples" / "clips" / "rolling_ball.mp4"),
+                          "--inversion-prompt", CAPTIONS["rolling_ball"],
+                          "--prompt", "a blue ball on wood",
                           "--cache-dir", str(Path(tmp) / label.split()[0]), "--out",
                           str(Path(tmp) / f"out-{label.split()[0]}"), "-q", *extra], env)
             rows.append((label, run["seconds"]))
-    print("\n| inversion steps | cold tf run, ball.mp4 (24 frames, 50 editing steps) s |")
+    print("\n| inversion steps | cold tf run, rolling_ball.mp4 (16 frames, 50 editing steps) s |")
     print("|---|---|")
     for label, seconds in rows:
         print(f"| {label} | {seconds:.1f} |")

@@ -1,12 +1,13 @@
 """What a crash costs: `tf run` killed (SIGKILL) halfway through a stage, then run again.
 
-    python benchmarks/resume.py [--frames 24] [--steps 50]
+    python benchmarks/resume.py [--frames 16] [--steps 50]
 
-Embedded model, examples/clips/ball.mp4 at 64x64. A clean run gives the reference time; then,
-for each kill point, a run in a fresh cache is killed when the stage's partial store holds half
-of its work, and the same command is run again to completion. "lost" is the time at the kill
-plus the rerun minus the clean run: the work redone plus the second process's start-up (model
-loading). The final frames are compared with the clean run's (bit-identical expected).
+Embedded model, examples/clips/rolling_ball.mp4 at its working size. A clean run gives the
+reference time; then, for each kill point, a run in a fresh cache is killed when the stage's
+partial store holds half of its work, and the same command is run again to completion. "lost" is
+the time at the kill plus the rerun minus the clean run: the work redone plus the second process's
+start-up (model loading). The final frames are compared with the clean run's (bit-identical
+expected).
 """
 
 from __future__ import annotations
@@ -43,12 +44,12 @@ def _frames(out: Path) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1",
            "TOKENFLOW_CHECKPOINT_SECONDS": "0"}  # the default: the inversion checkpoints every step
-    clip = ROOT / "examples" / "clips" / "ball.mp4"
+    clip = ROOT / "examples" / "clips" / "rolling_ball.mp4"
     half = {"inversion": lambda p: p.get("state", {}).get("step", -1) >= 25,  # of 50
             "features": lambda p: len(p.get("done", [])) >= (args.steps * -(-args.frames // 8)) // 2,
             "blender": lambda p: len(p.get("done", [])) >= args.steps // 2}
@@ -57,7 +58,7 @@ def main() -> None:
 
         def command(name: str) -> list[str]:
             return [sys.executable, "-m", "tokenflow.cli", "run", str(clip), "--inversion-prompt",
-                    "a red ball on a checkered floor", "--prompt", "a blue ball on a checkered floor",
+                    "a red ball on wood", "--prompt", "a blue ball on wood",
                     "--frames", str(args.frames), "--steps", str(args.steps), "-q",
                     "--cache-dir", str(tmp / f"cache-{name}"), "--out", str(tmp / f"out-{name}")]
 
@@ -66,7 +67,7 @@ def main() -> None:
         clean = time.perf_counter() - start
         doc = json.loads((tmp / "out-clean" / "run.json").read_text())
         stage_s = {k: v["seconds"] for k, v in doc["cache"].items()}
-        print(f"embedded model, {clip.name} {args.frames} frames 64x64, {args.steps} steps, "
+        print(f"embedded model, {clip.name} {args.frames} frames, {args.steps} steps, "
               f"{os.cpu_count()} cores; clean run {clean:.1f} s (stages: "
               + ", ".join(f"{k} {v:.1f} s" for k, v in stage_s.items()) + ")\n")
         print("| killed during | at (s) | work done then | rerun (s) | lost (s) | identical |")

@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--inversion-steps", type=int, default=50)
     args = parser.parse_args()
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
-    clip = ROOT / "examples" / "clips" / "ball.mp4"
+    clip = ROOT / "examples" / "clips" / "rolling_ball.mp4"
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         from tokenflow.testing.tiny import save_tiny_model

@@ -4,8 +4,8 @@
 
 For each clip length: a cold run (every stage computed, empty cache), then the same clip with a
 second prompt (only the editor and the blender are recomputed). Each run is its own `tf`
-process; the clip is tokenflow.embedded.world's rolling ball (examples/make_clips.py) at that length,
-64x64 (the model's native size). Prints one Markdown table.
+process; the clip is the rolling ball of examples/make_clips.py at that length, at the model's
+working size. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -32,14 +32,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "examples"))
-    from make_clips import ball
+    from make_clips import CLIPS
 
     from tokenflow.video import write_video
 
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     lengths = [int(n) for n in args.frames.split(",")]
-    print(f"tf run on the embedded model, 64x64, {args.steps} steps, 50 inversion steps (the "
-          f"model's), batch 8, {os.cpu_count()} CPU cores; seconds per stage from run.json\n")
+    print(f"tf run on the embedded model at its working size, {args.steps} steps, the model's "
+          f"inversion steps, batch 8, {os.cpu_count()} CPU cores; seconds per stage from "
+          "run.json\n")
     header = ["frames", "run", "wall s", "peak RSS MB", *[f"{k} s" for k in KINDS],
               "UNet frame-evals (inv / feat / edit loop)", "cache MiB"]
     print("| " + " | ".join(header) + " |")
@@ -48,12 +49,12 @@ def main() -> None:
         tmp = Path(tmp)
         for n in lengths:
             clip = tmp / f"ball-{n}.mp4"
-            write_video(clip, ball(n), 12.0)
+            write_video(clip, CLIPS["rolling_ball"].render(n), 12.0)
             cache = tmp / f"cache-{n}"
-            base = [str(clip), "--inversion-prompt", "a red ball on a checkered floor",
+            base = [str(clip), "--inversion-prompt", CLIPS["rolling_ball"].caption(),
                     "--steps", str(args.steps), "--cache-dir", str(cache), "-q"]
-            for label, prompt in (("cold", "a blue ball on a checkered floor"),
-                                  ("second prompt", "a green ball on a checkered floor")):
+            for label, prompt in (("cold", "a blue ball on wood"),
+                                  ("second prompt", "a green ball on wood")):
                 out = tmp / f"out-{n}-{label.split()[0]}"
                 result = tf_run(base + ["--prompt", prompt, "--out", str(out)], env)
                 doc = json.loads((out / "run.json").read_text())

@@ -1,72 +1,130 @@
-"""Regenerate the example clips in examples/clips/ from tokenflow's procedural world.
+"""Regenerate the example clips in examples/clips/ from tokenflow's procedural world (v2).
 
-    python examples/make_clips.py
+    python examples/make_clips.py [--out DIR]
 
-Deterministic, no downloads. Every clip is rendered at 128x128, twice the embedded model's native
-64x64 (which `tf run` resizes to; the model was trained on square frames), with objects the
-embedded model knows: see examples/README.md for what each shows and prompts to try.
+Deterministic, no downloads. Textured, shaded objects on textured backgrounds
+(``tokenflow.world``, the world the embedded model knows), rendered at a short side of 192 pixels,
+twice the embedded model's 96 (``tf run`` scales the frames down to it, keeping the aspect), at
+12 fps. See examples/README.md for what each clip shows and its source caption.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import argparse
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tokenflow.video import write_video
-from tokenflow.embedded.world import Scene, Thing, render
+from tokenflow import world
 
 HERE = Path(__file__).resolve().parent / "clips"
-HEIGHT, WIDTH = 128, 128  # the world measures positions in units of the short side
+SHORT = 192  # pixels on the short side: even (H.264), 2x the model's 96
+FPS = 12
 
 
-def _clip(scenes: list[Scene]) -> np.ndarray:
-    return np.stack([render(s, HEIGHT, WIDTH)[0] for s in scenes])
+@dataclass(frozen=True)
+class ExampleClip:
+    """One example clip: ``make(n)`` gives its world clip of ``n`` frames (the motion spread over
+    the whole clip whatever ``n``); ``height`` x ``width`` pixels; ``frames`` by default."""
+
+    make: Callable[[int], world.Clip]
+    height: int
+    width: int
+    frames: int
+
+    def clip(self, n: int | None = None) -> world.Clip:
+        return self.make(self.frames if n is None else n)
+
+    def caption(self) -> str:
+        """The source caption (``Scene.caption()``: what ``--inversion-prompt`` should say)."""
+        return self.clip(1).scene.caption()
+
+    def render(self, n: int | None = None) -> np.ndarray:
+        """uint8 frames ``(n, height, width, 3)``."""
+        clip = self.clip(n)
+        return np.stack([clip.render(t, self.height, self.width)[0] for t in range(len(clip))])
 
 
-def ball(n: int = 24) -> np.ndarray:
-    """A red ball rolling left to right on a checkered floor."""
-    base = Scene("checkered floor", (Thing("ball", "red", cx=0.3, cy=0.5, radius=0.24),), cell=8)
-    return _clip([base.with_thing(0, cx=0.28 + 0.44 * i / (n - 1), cy=0.5 + 0.05 * np.sin(i / 3))
-                  for i in range(n)])
+def _steps(n: int) -> np.ndarray:
+    """``n`` times from 0 to 1 (just 0 for one frame)."""
+    return np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
 
 
-def turning_box(n: int = 24) -> np.ndarray:
-    """A striped blue box turning in place while drifting right, on sand."""
-    base = Scene("sand", (Thing("box", "blue", "striped", cx=0.4, cy=0.5, radius=0.28),))
-    return _clip([base.with_thing(0, angle=90 * i / (n - 1), cx=0.4 + 0.2 * i / (n - 1))
-                  for i in range(n)])
+def rolling_ball(n: int = 16) -> world.Clip:
+    """A red ball rolls left to right across wooden planks (it turns as it rolls). Square: the
+    README's first command."""
+    ball = world.Thing("ball", "red", x=-0.22, y=0.04, radius=0.22, hue_jitter=2.0, value=0.92)
+    scene = world.Scene("wood", (ball,), seed=11, light=(230.0, 50.0))
+    travel = 0.44 * _steps(n)
+    turn = np.rad2deg(travel / ball.radius)  # rolling: the turn that matches the distance
+    return world.Clip(scene, tuple(world.Camera() for _ in travel),
+                tuple(((float(dx), 0.0, float(da)),) for dx, da in zip(travel, turn)))
 
 
-def passing(n: int = 32) -> np.ndarray:
-    """A green triangle passes behind a yellow ball in front of a gray wall."""
-    triangle = Thing("triangle", "green", cx=0.2, cy=0.42, radius=0.22)
-    front = Thing("ball", "yellow", "dotted", cx=0.55, cy=0.55, radius=0.22)
-    scenes = []
-    for i in range(n):
-        t = i / (n - 1)
-        scenes.append(Scene("gray wall", (replace(triangle, cx=0.2 + 0.6 * t, angle=40 * t),
-                                          replace(front, cx=0.55 - 0.1 * t))))
-    return _clip(scenes)
+def box_pan(n: int = 24) -> world.Clip:
+    """16:9. The camera pans right over grass past a blue checkered box that turns slowly."""
+    box = world.Thing("box", "blue", "checkered", x=0.2, y=0.02, radius=0.24, angle=10.0,
+                texture_angle=15.0, period=0.62, phase=0.2)
+    scene = world.Scene("grass", (box,), seed=23, light=(210.0, 55.0))
+    t = _steps(n)
+    return world.Clip(scene, tuple(world.Camera(x=float(0.4 * s), y=float(0.03 * s)) for s in t),
+                tuple(((0.0, 0.0, float(40.0 * s)),) for s in t))
 
 
-def sky(n: int = 16) -> np.ndarray:
-    """An orange ball rising across the sky."""
-    base = Scene("sky", (Thing("ball", "orange", cx=0.3, cy=0.7, radius=0.22),))
-    return _clip([base.with_thing(0, cx=0.3 + 0.4 * i / (n - 1), cy=0.7 - 0.4 * i / (n - 1))
-                  for i in range(n)])
+def ball_zoom(n: int = 24) -> world.Clip:
+    """Portrait 3:4. The camera zooms in (x1.4) on a purple ringed ball resting on tiles, drifting
+    a little to the right."""
+    ball = world.Thing("ball", "purple", "ringed", x=-0.05, y=0.08, radius=0.2, period=0.72,
+                       phase=0.1)
+    scene = world.Scene("tiles", (ball,), seed=5, light=(240.0, 45.0))
+    t = _steps(n)
+    return world.Clip(scene, tuple(world.Camera(x=float(-0.04 * s), y=float(0.06 * s),
+                                                zoom=float(1.4 ** s)) for s in t),
+                tuple(((float(0.06 * s), 0.0, float(-30.0 * s)),) for s in t))
 
 
-CLIPS = {"ball": ball, "turning_box": turning_box, "passing": passing, "sky": sky}
+def crossing(n: int = 24) -> world.Clip:
+    """4:3, two objects. A yellow striped triangle crosses to the right above a green dotted ball
+    that rolls to the left, on sand."""
+    triangle = world.Thing("triangle", "yellow", "striped", x=-0.38, y=-0.2, radius=0.17,
+                           angle=15.0, texture_angle=70.0, period=0.85, phase=0.3)
+    ball = world.Thing("ball", "green", "dotted", x=0.36, y=0.22, radius=0.17, texture_angle=20.0,
+                 period=0.85, phase=0.6)
+    scene = world.Scene("sand", (triangle, ball), seed=7, light=(220.0, 50.0))
+    t = _steps(n)
+    roll = -0.7 * t
+    return world.Clip(scene, tuple(world.Camera() for _ in t),
+                tuple(((float(0.76 * s), 0.0, float(90.0 * s)),
+                       (float(r), 0.0, float(math.degrees(r / ball.radius))))
+                      for s, r in zip(t, roll)))
+
+
+#: name -> clip; examples/README.md lists them with their captions.
+CLIPS: dict[str, ExampleClip] = {
+    "rolling_ball": ExampleClip(rolling_ball, SHORT, SHORT, 16),
+    "box_pan": ExampleClip(box_pan, SHORT, 342, 24),  # 16:9 (341.3 rounded to even)
+    "ball_zoom": ExampleClip(ball_zoom, 256, SHORT, 24),  # 3:4
+    "crossing": ExampleClip(crossing, SHORT, 256, 24),  # 4:3
+}
 
 
 def main() -> None:
-    HERE.mkdir(parents=True, exist_ok=True)
-    for name, make in CLIPS.items():
-        path = HERE / f"{name}.mp4"
-        write_video(path, make(), fps=12)
-        print(path)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder (default examples/clips)")
+    args = parser.parse_args()
+    from tokenflow.video import VideoError, write_video
+
+    for name, example in CLIPS.items():
+        path = args.out / f"{name}.mp4"
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_video(path, example.render(), fps=FPS)  # atomic: written aside, then renamed
+        except (OSError, VideoError) as exc:
+            parser.exit(1, f"make_clips.py: cannot write {path}: {exc}\n")
+        print(f"{path}: {example.caption()!r}")
 
 
 if __name__ == "__main__":

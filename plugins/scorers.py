@@ -1,12 +1,16 @@
 """Scorers ``attribute``, ``attribute-background`` and ``clip``: how well edited frames match the
 prompt (``tf eval``).
 
-* ``attribute`` and ``attribute-background`` read the embedded model's world
-  (:mod:`tokenflow.embedded.world`) without any learned model: per frame, 1.0 if the object has the colour
-  the prompt names (``object_colour`` of the saturated pixels), respectively if the background is
-  the one the prompt names (``background_kind``), else 0.0. The world has no rule that reads a
-  texture back from an image, so ``striped``/``dotted`` in the prompt are not checked. They can
-  only score prompts that name exactly one world colour (one world background).
+* ``attribute`` and ``attribute-background`` read the embedded model's world (``tokenflow.world``,
+  world v2) by its rules, without any learned model. The prompt is read as the world writes its
+  captions, ``a red checkered ball and a blue box on wood``: the objects before ``on``, joined by
+  ``and``, each with at most one colour and one texture (``striped``, ``dotted``, ``checkered``,
+  ``ringed``). ``attribute`` scores a frame 1.0 if every object the prompt names is there: each
+  named object matched to a different object of the frame (``object_masks``) with its colour
+  (``object_colour``) and, when the prompt names one, its texture (``texture_kind``); an object
+  named without a texture word may have any texture, and objects the prompt does not name are
+  ignored. ``attribute-background`` scores 1.0 if the background away from the objects
+  (``background_kind``) is the one the prompt names. Else 0.0.
 * ``clip`` is the usual CLIP score: ``100 * cos(image embedding, text embedding)``, clipped at 0,
   per frame, with a CLIP model loaded from a local directory (``--clip PATH``: a
   ``transformers`` CLIP checkpoint with ``model.safetensors``; pickled weights are never loaded).
@@ -14,9 +18,11 @@ prompt (``tf eval``).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,64 +32,108 @@ from tokenflow import StageError, hookimpl, world
 _WORDS = re.compile(r"[a-z]+")
 
 
-def prompt_colours(prompt: str) -> list[str]:
-    """The world colours the prompt names, once each, in order."""
-    return list(dict.fromkeys(w for w in _WORDS.findall(prompt.lower()) if w in world.COLOURS))
-
-
-def prompt_backgrounds(prompt: str) -> list[str]:
-    """The world backgrounds the prompt names (whole phrases: ``checkered floor``, ``sky``)."""
-    text = " ".join(_WORDS.findall(prompt.lower()))
-    return [bg for bg in world.BACKGROUNDS if re.search(rf"\b{re.escape(bg)}\b", text)]
-
-
-def prompt_textures(prompt: str) -> list[str]:
-    words = set(_WORDS.findall(prompt.lower()))
-    return [t for t in world.TEXTURES if t != "plain" and t in words]
-
-
 # --------------------------------------------------------------------------------------------- world
 
 
+@dataclass(frozen=True)
+class NamedThing:
+    """An object a prompt names: its colour and texture word, ``None`` where it names none."""
+
+    colour: str | None
+    texture: str | None
+
+
+def prompt_things(prompt: str) -> list[NamedThing]:
+    """The objects the prompt names, in order: its words before the last ``on`` (all of them if
+    there is none), split at ``and``; a part naming no colour and no texture is no object.
+    :class:`StageError` if a part names several colours or several textures."""
+    words = _WORDS.findall(prompt.lower())
+    if "on" in words:
+        words = words[:len(words) - 1 - words[::-1].index("on")]
+    things = []
+    for is_and, group in itertools.groupby(words, key=lambda w: w == "and"):
+        part = list(group)
+        if is_and:
+            continue
+        colours = list(dict.fromkeys(w for w in part if w in world.COLOURS))
+        textures = list(dict.fromkeys(w for w in part if w in world.TEXTURES and w != "plain"))
+        for kind, found in (("colours", colours), ("textures", textures)):
+            if len(found) > 1:
+                raise StageError(f"the prompt names several {kind} for one object "
+                                 f"({', '.join(found)}): {' '.join(part)!r}")
+        if colours or textures:
+            things.append(NamedThing(colours[0] if colours else None,
+                                     textures[0] if textures else None))
+    return things
+
+
+def prompt_backgrounds(prompt: str) -> list[str]:
+    """The world backgrounds the prompt names (whole words: ``wood``, ``tiles``)."""
+    words = set(_WORDS.findall(prompt.lower()))
+    return [bg for bg in world.BACKGROUNDS if bg in words]
+
+
+def frame_has(frame: np.ndarray, things: list[NamedThing]) -> bool:
+    """Whether every one of ``things`` is a different object of ``frame`` with its colour and
+    (when named) texture."""
+    masks = world.object_masks(frame)
+    if len(masks) < len(things):
+        return False
+    colours = [world.object_colour(frame, m) for m in masks]
+    textures: dict[int, str] = {}  # read only for objects whose texture is asked about
+
+    def fits(thing: NamedThing, k: int) -> bool:
+        if thing.colour is not None and colours[k] != thing.colour:
+            return False
+        if thing.texture is not None and k not in textures:
+            textures[k] = world.texture_kind(frame, masks[k])
+        return thing.texture is None or textures[k] == thing.texture
+
+    return any(all(fits(t, k) for t, k in zip(things, order))
+               for order in itertools.permutations(range(len(masks)), len(things)))
+
+
 class AttributeScorer:
-    """1.0 for a frame whose object has the colour the prompt names, else 0.0 (also when the
-    frame shows no object). Colour only: :mod:`tokenflow.embedded.world` has no texture rule."""
+    """1.0 for a frame in which every object the prompt names is there, with the colour and
+    (when the prompt names one) the texture it names, else 0.0 (see the module's docstring)."""
 
     name = "attribute"
-    version = 1
-    summary = ("1 if the object has the colour the prompt names, else 0 "
-               "(the embedded model's world; texture not checked)")
+    version = 2
+    summary = ("1 if every object the prompt names is there with its colour and texture, else 0 "
+               "(the embedded model's world)")
 
     def available(self, prompt: str | None = None) -> str | None:
-        """``None`` if ``prompt`` names exactly one world colour (or no prompt is given)."""
+        """``None`` if ``prompt`` names at least one world object by colour or texture, and no
+        object with two colours or two textures (or no prompt is given)."""
         if prompt is None:
             return None
-        colours = prompt_colours(prompt)
-        if not colours:
-            return f"the prompt names no object colour of the world ({', '.join(world.COLOURS)})"
-        if len(colours) > 1:
-            return (f"the prompt names several colours ({', '.join(colours)}); "
-                    "attribute checks the colour of one object")
+        try:
+            things = prompt_things(prompt)
+        except StageError as exc:
+            return str(exc)
+        if not things:
+            return ("the prompt names no object colour or texture of the world "
+                    f"({', '.join(world.COLOURS)}; {', '.join(world.TEXTURES[1:])})")
         return None
 
     def describe(self) -> str:
-        return "attribute (object colour, 0/1; texture not checked)"
+        return "attribute (object colour and texture, 0/1)"
 
     def score(self, frames: np.ndarray, prompt: str, *, source: np.ndarray | None = None
               ) -> np.ndarray:
         reason = self.available(prompt)
         if reason is not None:
             raise StageError(reason)
-        (target,) = prompt_colours(prompt)
-        return np.array([float(world.object_colour(f, world.object_mask(f)) == target) for f in frames])
+        things = prompt_things(prompt)
+        return np.array([float(frame_has(f, things)) for f in frames])
 
 
 class BackgroundScorer:
-    """1.0 for a frame whose background (``tokenflow.embedded.world.background_kind``) is the one the
-    prompt names, else 0.0."""
+    """1.0 for a frame whose background (``tokenflow.world.background_kind`` of the pixels away
+    from the objects) is the one the prompt names, else 0.0."""
 
     name = "attribute-background"
-    version = 1
+    version = 2
     summary = "1 if the background is the one the prompt names, else 0 (the embedded model's world)"
 
     def available(self, prompt: str | None = None) -> str | None:
@@ -106,7 +156,7 @@ class BackgroundScorer:
         if reason is not None:
             raise StageError(reason)
         (target,) = prompt_backgrounds(prompt)
-        return np.array([float(world.background_kind(f, world.object_mask(f)) == target) for f in frames])
+        return np.array([float(world.read_frame(f)["background"] == target) for f in frames])
 
 
 # --------------------------------------------------------------------------------------------- clip

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFLINE=1
-clip=examples/clips/ball.mp4
+clip=examples/clips/rolling_ball.mp4
 [ -f "$clip" ] || .venv/bin/python examples/make_clips.py
-exec .venv/bin/tf run "$clip" --inversion-prompt "a red ball on a checkered floor" \
-  --prompt "a blue ball on a checkered floor" --out out/demo --overwrite "$@"
+exec .venv/bin/tf run "$clip" --inversion-prompt "a red ball on wood" \
+  --prompt "a blue striped ball on wood" --out out/demo --overwrite "$@"

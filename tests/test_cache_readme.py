@@ -1,5 +1,5 @@
 """cache/README.md's xarray recipe runs as written, without a warning, on the stores of a ``tf
-run`` of ``examples/clips/ball.mp4`` on the embedded model (a few steps and frames)."""
+run`` of ``examples/clips/rolling_ball.mp4`` on the embedded model (a few steps and frames)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def recipe_blocks() -> list[str]:
 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The directory where ``tf run examples/clips/ball.mp4`` ran with the default --out and
-    --cache-dir (out/ball, cache/), as the recipe expects."""
+    """The directory where ``tf run examples/clips/rolling_ball.mp4`` ran with the default --out and
+    --cache-dir (out/rolling_ball, cache/), as the recipe expects."""
     from click.testing import CliRunner
 
     from tokenflow.cli import cli
@@ -37,13 +37,14 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.chdir(where)
     try:
         result = CliRunner().invoke(
-            cli, ["run", str(ROOT / "examples" / "clips" / "ball.mp4"), "--prompt", "a red ball",
+            cli, ["run", str(ROOT / "examples" / "clips" / "rolling_ball.mp4"),
+                  "--prompt", "a red ball",
                   "--steps", "2", "--inversion-steps", "2", "--frames", "4", "--batch-size", "2",
                   "-q"], env=cli_env(where))
     finally:
         os.chdir(before)
     assert result.exit_code == 0, result.output
-    assert (where / "out" / "ball" / "run.json").is_file()
+    assert (where / "out" / "rolling_ball" / "run.json").is_file()
     return where
 
 
@@ -65,7 +66,7 @@ def test_the_recipe_runs_as_written_on_the_embedded_model_without_a_warning(
     assert [str(w.message) for w in caught] == []
     assert "8x8x32" in capsys.readouterr().out  # print(tree) shows the groups
 
-    run = json.loads((ran / "out" / "ball" / "run.json").read_text())
+    run = json.loads((ran / "out" / "rolling_ball" / "run.json").read_text())
     assert run["model"]["id"] == "embedded"
     assert namespace["group"] == "8x8x32" and namespace["grid"].shape == (8, 8, 32)
     # the recipe's decoding equals what tokenflow reads

@@ -18,7 +18,7 @@ from tokenflow.video import read_video
 from tokenflow.embedded.world import mask_iou, object_colour, object_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIP = ROOT / "examples" / "clips" / "ball.mp4"
+CLIP = ROOT / "examples" / "clips" / "rolling_ball.mp4"
 FRAMES = 12
 
 
@@ -31,8 +31,8 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
 def edit(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embedded") / "out"
     result = CliRunner().invoke(cli, [
-        "run", str(CLIP), "--inversion-prompt", "a red ball on a checkered floor",
-        "--prompt", "a blue ball on a checkered floor", "--frames", str(FRAMES),
+        "run", str(CLIP), "--inversion-prompt", "a red ball on wood",
+        "--prompt", "a blue ball on wood", "--frames", str(FRAMES),
         "--cache-dir", str(out.parent / "cache"), "--out", str(out),
         "--output-size", "working"])  # measured in the model's 64x64 pixels
     assert result.exit_code == 0, result.output
@@ -85,8 +85,8 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
     model = load_model(None, device="cpu")
     frames = resize_frames(read_video(CLIP, frames=8).frames, 64, 64)
     pm = make_plugin_manager()
-    params = {"inversion": {"prompt": "a red ball on a checkered floor"},
-              "editor": {"prompt": "a blue ball on a checkered floor"}}
+    params = {"inversion": {"prompt": "a red ball on wood"},
+              "editor": {"prompt": "a blue ball on wood"}}
     out, ious = {}, {}
     for editor in ("sdedit", "controlnet"):
         options = [("editor.strength", "1.0")]

@@ -20,7 +20,7 @@ from helpers_venv import (
 )
 
 PACKAGE = ROOT / "examples" / "plugins" / "tokenflow-localblend"
-CLIP = ROOT / "examples" / "clips" / "ball.mp4"
+CLIP = ROOT / "examples" / "clips" / "rolling_ball.mp4"
 EP_NAME = "tokenflow_localblend.editor"
 
 
@@ -59,7 +59,7 @@ def test_tf_install_runs_tests_and_uninstalls_the_example_package(tmp_path: Path
     assert f"  localblend (v1, {EP_NAME} (tokenflow-localblend 0.1.0))" in stages.out
     assert "      words: comma-separated list = ()" in stages.out
 
-    args = [tf, "run", CLIP, "--inversion-prompt", "a red ball on a checkered floor",
+    args = [tf, "run", CLIP, "--inversion-prompt", "a red ball on wood",
             "--prompt", "a blue ball on sand", "--editor", "localblend", "--steps", "4",
             "--inversion-steps", "4", "--frames", "4", "--batch-size", "2", "--quiet",
             "--cache-dir", tmp_path / "cache"]

@@ -77,6 +77,21 @@ def test_every_exported_name_resolves() -> None:
         tokenflow.loop  # noqa: B018 - internals are not exported
 
 
+def test_the_public_world_is_world_v2_with_its_checks() -> None:
+    from tokenflow.embedded import world2, world2_checks
+
+    world = tokenflow.world
+    for module in (world2, world2_checks):
+        for name in module.__all__:
+            assert getattr(world, name) is getattr(module, name), name
+    assert set(world.__all__) == set(world2.__all__) | set(world2_checks.__all__)
+    scene = world.Scene("wood", (world.Thing("ball", "red", "striped", period=0.7),))
+    image, _ = world.render(scene, 96, 128)
+    read = world.read_frame(image)
+    assert read["background"] == "wood"
+    assert [(o["colour"], o["texture"]) for o in read["objects"]] == [("red", "striped")]
+
+
 def test_importing_tokenflow_does_not_import_torch() -> None:
     code = "import sys, tokenflow; tokenflow.hookimpl; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +15,23 @@ import pytest
 from tokenflow import StageError, hookimpl
 from tokenflow.registry import RegistryError
 from tokenflow.eval.scoring import Scorer, collect_scorers, make_scorers, score_all, scorers
-from tokenflow.embedded.world import Scene, Thing, render
+from tokenflow import world
 
 BUILTINS = {"attribute", "attribute-background", "clip"}
 BUILTIN_PLUGIN = "tokenflow_plugins.scorers (tokenflow 0.1.0)"
 N = 4
-PROMPT = "a red ball on a checkered floor"
+PROMPT = "a red ball on wood"
 MEAN, STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 
 
-def world_frames(colour: str, background: str = "checkered floor", n: int = N) -> np.ndarray:
-    """``n`` frames of a ``colour`` ball moving right over ``background``."""
-    return np.stack([render(Scene(background, (Thing("ball", colour, cx=0.3 + 0.1 * i,
-                                                             radius=0.22),)), 64, 64)[0]
-                     for i in range(n)])
+def world_frames(colour: str, background: str = "wood", n: int = N, texture: str = "plain",
+                 *others: world.Thing) -> np.ndarray:
+    """``n`` frames (64x96) of a ``colour`` ``texture`` ball moving right over ``background``,
+    with ``others`` standing still."""
+    ball = world.Thing("ball", colour, texture, y=-0.1, radius=0.26, period=0.6)
+    scenes = [world.Scene(background, (replace(ball, x=-0.4 + 0.1 * i), *others), seed=3)
+              for i in range(n)]
+    return np.stack([world.render(scene, 64, 96)[0] for scene in scenes])
 
 
 class EchoScorer:
@@ -151,35 +155,83 @@ def test_malformed_scorer_classes_are_rejected(tf_plugin_manager, tf_register, a
 def test_attribute_scores_the_colour_and_the_background_per_frame(tf_plugin_manager) -> None:
     built = make_scorers(tf_plugin_manager, ["attribute", "attribute-background"], {})
     assert [s.owner for s in built] == [BUILTIN_PLUGIN] * 2
-    prompt = "a blue striped ball on a checkered floor"
+    prompt = "a blue ball on wood"
     red, blue = world_frames("red"), world_frames("blue")
     assert score_all(built, red, prompt, source=red) == (
         {"attribute": [0.0] * N, "attribute-background": [1.0] * N}, [])
     assert score_all(built, blue, prompt, source=red)[0]["attribute"] == [1.0] * N
-    # per frame: two frames edited, two not; a sky background fails the background check
+    # per frame: two frames edited, two not; grass fails the background check
     mixed = np.concatenate([red[:2], blue[2:]])
-    sky = world_frames("blue", background="sky")
+    grass = world_frames("blue", background="grass")
     assert score_all(built, mixed, prompt)[0]["attribute"] == [0.0, 0.0, 1.0, 1.0]
-    assert score_all(built, sky, prompt)[0] == {"attribute": [1.0] * N,
-                                               "attribute-background": [0.0] * N}
-    assert score_all(built, sky, "a blue ball in the sky")[0]["attribute-background"] == [1.0] * N
-    assert "texture not checked" in built[0].label
+    assert score_all(built, grass, prompt)[0] == {"attribute": [1.0] * N,
+                                                 "attribute-background": [0.0] * N}
+    in_grass = score_all(built, grass, "a blue ball in the grass")[0]
+    assert in_grass["attribute-background"] == [1.0] * N
+    assert built[0].label == "attribute (object colour and texture, 0/1)"
 
 
-def test_attribute_is_skipped_for_a_prompt_without_a_world_colour(tf_plugin_manager) -> None:
+def test_attribute_reads_the_texture_the_prompt_names(tf_plugin_manager) -> None:
+    built = make_scorers(tf_plugin_manager, ["attribute"], {})
+    plain, striped = world_frames("blue"), world_frames("blue", "wood", N, "striped")
+    dotted, red_striped = (world_frames("blue", "wood", N, "dotted"),
+                           world_frames("red", "wood", N, "striped"))
+    prompt = "a blue striped ball on wood"
+    assert [score_all(built, f, prompt)[0]["attribute"]
+            for f in (plain, striped, dotted, red_striped)] == [[0.0] * N, [1.0] * N, [0.0] * N,
+                                                                [0.0] * N]
+    # no texture word: any texture
+    assert score_all(built, striped, "a blue ball on wood")[0]["attribute"] == [1.0] * N
+    assert score_all(built, striped, "a striped ball")[0]["attribute"] == [1.0] * N
+    assert score_all(built, dotted, "a striped ball")[0]["attribute"] == [0.0] * N
+
+
+def test_attribute_finds_every_object_the_prompt_names(tf_plugin_manager) -> None:
+    built = make_scorers(tf_plugin_manager, ["attribute"], {})
+    box = world.Thing("box", "yellow", "checkered", x=0.45, y=0.05, radius=0.2, period=0.75)
+    frames = world_frames("red", "sand", N, "striped", box)
+
+    def attribute(prompt: str) -> list[float]:
+        return score_all(built, frames, prompt)[0]["attribute"]
+
+    assert attribute("a red striped ball and a yellow checkered box on sand") == [1.0] * N
+    assert attribute("a yellow box and a red ball on sand") == [1.0] * N  # in any order
+    assert attribute("a yellow box and a blue striped ball on sand") == [0.0] * N
+    assert attribute("a red striped ball and a yellow dotted box on sand") == [0.0] * N
+    # each named object is a different object of the frame
+    assert attribute("a red ball and a red box on sand") == [0.0] * N
+    assert attribute("a red ball and a yellow box and a green triangle on sand") == [0.0] * N
+
+
+def test_prompts_are_read_as_world_captions() -> None:
+    from tokenflow_plugins.scorers import NamedThing, prompt_backgrounds, prompt_things
+
+    assert prompt_things("a red checkered ball and a blue box on wood") == [
+        NamedThing("red", "checkered"), NamedThing("blue", None)]
+    assert prompt_things("A Ringed ball on a wall") == [NamedThing(None, "ringed")]
+    assert prompt_things("a blue ball in the sky") == [NamedThing("blue", None)]
+    assert prompt_things("a ball and a box on red sand") == []  # after "on": the background
+    assert prompt_backgrounds("a red ball on a wall") == ["wall"]
+    assert prompt_backgrounds("a red ball on wood and tiles") == ["wood", "tiles"]
+
+
+def test_attribute_is_skipped_for_a_prompt_without_a_world_object(tf_plugin_manager) -> None:
     built = make_scorers(tf_plugin_manager, ["attribute", "attribute-background"], {})
     frames = world_frames("red")
     scores, notes = score_all(built, frames, "a photo of a cat on a sofa")
     assert scores == {}
     assert notes == [
-        ("scorer 'attribute' skipped: the prompt names no object colour of the world "
-         "(red, orange, yellow, green, blue, purple)"),
+        ("scorer 'attribute' skipped: the prompt names no object colour or texture of the world "
+         "(red, orange, yellow, green, blue, purple; striped, dotted, checkered, ringed)"),
         ("scorer 'attribute-background' skipped: the prompt names no background of the world "
-         "(checkered floor, gray wall, sky, sand)")]
-    scores, notes = score_all(built, frames, "a red ball and a blue box on sand")
+         "(sand, grass, wood, tiles, wall)")]
+    scores, notes = score_all(built, frames, "a red blue ball and a box on sand")
     assert scores == {"attribute-background": [0.0] * N}
-    assert notes == [("scorer 'attribute' skipped: the prompt names several colours (red, blue); "
-                      "attribute checks the colour of one object")]
+    assert notes == [("scorer 'attribute' skipped: the prompt names several colours for one "
+                      "object (red, blue): 'a red blue ball'")]
+    assert score_all(built[:1], frames, "a red striped dotted ball")[1] == [
+        "scorer 'attribute' skipped: the prompt names several textures for one object "
+        "(striped, dotted): 'a red striped dotted ball'"]
 
 
 # --------------------------------------------------------------------------------------------- clip
@@ -260,7 +312,7 @@ def test_clip_scores_frames_against_the_prompt(tf_plugin_manager, tiny_clip: Pat
     assert np.abs(other - first).max() > 1e-3
     # the value is 100 x the cosine CLIP's own forward computes (logits / logit scale), >= 0,
     # on frames resized (shortest side, bicubic), centre-cropped and normalised as configured
-    wide = np.stack([render(Scene("sand", (Thing("box", c, cx=0.6),)), 64, 96)[0]
+    wide = np.stack([world.render(world.Scene("sand", (world.Thing("box", c, x=0.1),)), 64, 96)[0]
                      for c in ("green", "purple", "orange")])
     mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
     pixels = np.stack([np.asarray(Image.fromarray(f).resize((48, 32), Image.BICUBIC))[:, 8:40]
@@ -353,5 +405,5 @@ def test_score_all_checks_the_frames_it_is_given() -> None:
     frames = world_frames("red")
     with pytest.raises(StageError, match=r"frames must be uint8 of shape \(N, H, W, 3\)"):
         score_all([EchoScorer()], frames.astype(np.float32), "a red ball")
-    with pytest.raises(StageError, match=r"source frames have shape \(2, 64, 64, 3\)"):
+    with pytest.raises(StageError, match=r"source frames have shape \(2, 64, 96, 3\)"):
         score_all([EchoScorer()], frames, "a red ball", source=frames[:2])

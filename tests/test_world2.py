@@ -173,3 +173,17 @@ def test_captions_and_vocabulary(tmp_path) -> None:
         assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
     caption = random_clip(np.random.default_rng(1), 1, n_things=3).scene.caption()
     assert len(tokenizer(caption, add_special_tokens=False).input_ids) == len(caption.split())
+
+
+def test_object_colour_reads_by_this_worlds_saturation_rule() -> None:
+    """Pixels at saturation 0.5 (wood's grain after H.264 at 64 px reaches it) are background here,
+    though world v1's rule (>= 0.45) took them for an object."""
+    from tokenflow.embedded.world import object_colour as v1_colour
+    from tokenflow.embedded.world2_checks import object_colour
+
+    image = np.empty((64, 64, 3), np.uint8)
+    image[...] = (150, 105, 75)  # hue 24, saturation 0.5, value 0.59
+    yy, xx = np.mgrid[:64, :64]
+    image[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = (40, 80, 230)  # a blue disk
+    assert object_colour(image) == "blue"
+    assert v1_colour(image) != "blue"  # what the rule changes

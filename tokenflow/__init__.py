@@ -9,7 +9,7 @@ functions and classes only gain optional arguments. Submodules are internal and 
 Running an edit::
 
     import tokenflow
-    result = tokenflow.edit("clip.mp4", prompt="a blue ball on a checkered floor")
+    result = tokenflow.edit("clip.mp4", prompt="a blue striped ball on wood")
     result.frames            # (N, H, W, 3) uint8
 """
 
@@ -64,9 +64,9 @@ _export("tokenflow.models", "Model", "ModelError", "load_model", "load_controlne
 _export("tokenflow.api", "edit", "invert", "prepare", "EditResult", "EditError", "Source")
 _export("tokenflow.cache.lookup", "StageResult")
 
-#: Public modules: ``from tokenflow import world`` (the embedded model's world and its rules,
-#: for scorers and clips of that world).
-_MODULES: dict[str, str] = {"world": "tokenflow.embedded.world"}
+#: Public modules: ``from tokenflow import world`` (the embedded model's world, v2, and its
+#: rule-based checks, for scorers and clips of that world).
+_MODULES: dict[str, str] = {"world": "tokenflow.embedded.public_world"}
 
 __all__ = sorted([*_EXPORTS, *_MODULES, "__version__"])
 
@@ -112,7 +112,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from tokenflow.editing.loop import EditorOutput, EditRun, EditStep, start_latents
     from tokenflow.editing.source import SourcePass
-    from tokenflow.embedded import world
+    from tokenflow.embedded import public_world as world
     from tokenflow.hookspecs import hookimpl, hookspec
     from tokenflow.models import (
         Checkpoint,

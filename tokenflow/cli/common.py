@@ -81,7 +81,7 @@ def common_input_options(f):
     options = [
         click.option("--model", "model", default=None, metavar="M",
                      help="Diffusers SD checkpoint: a local directory or a hub id. "
-                          "Default: the embedded model (CPU-sized, knows tokenflow.embedded.world)."),
+                          "Default: the embedded model (CPU-sized, knows tokenflow.world)."),
         click.option("--revision", default=None, help="Hub revision of --model."),
         click.option("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)."),
         click.option("--dtype", default=None, help="float32 or float16 (default: float16 on CUDA, else float32)."),

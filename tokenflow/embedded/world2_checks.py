@@ -8,7 +8,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tokenflow.embedded.world import _hsv_image, mask_iou, object_colour
+from tokenflow.embedded.world import _hsv_image, mask_iou
+from tokenflow.embedded.world import object_colour as _mean_hue_colour
 from tokenflow.embedded.world2 import MIN_PERIOD, random_clip
 
 __all__ = ["object_mask", "object_masks", "texture_kind", "background_kind", "read_frame",
@@ -22,6 +23,14 @@ def object_mask(image: np.ndarray) -> np.ndarray:
     """Pixels saturated and bright enough to be an object (backgrounds are all unsaturated)."""
     _, sat, val = _hsv_image(image)
     return (sat >= SATURATION_MIN) & (val >= VALUE_MIN)
+
+
+def object_colour(image: np.ndarray, mask: np.ndarray | None = None, min_pixels: int = 12
+                  ) -> str | None:
+    """The colour name nearest the circular mean hue of the object's pixels: ``mask``, by default
+    :func:`object_mask` (this world's rule: world v1's lower saturation bound takes the grain of
+    wood, H.264-compressed, for an object)."""
+    return _mean_hue_colour(image, object_mask(image) if mask is None else mask, min_pixels)
 
 
 def object_masks(image: np.ndarray, min_pixels: int = 30) -> list[np.ndarray]:

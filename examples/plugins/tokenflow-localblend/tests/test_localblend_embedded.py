@@ -1,6 +1,6 @@
-"""What ``localblend`` is for, on tokenflow's embedded model: "a red ball on a checkered floor"
-edited to "a blue ball on sand" with ``words=ball`` turns the ball blue as ``pnp`` does, while
-``pnp`` also turns the floor into sand and ``localblend`` keeps it (scored with the rules of
+"""What ``localblend`` is for, on tokenflow's embedded model: "a red ball on wood" edited to "a
+blue ball on sand" with ``words=ball`` turns the ball blue as ``pnp`` does, while ``pnp`` also
+turns the wood into sand and ``localblend`` keeps it (scored with the rules of
 ``tokenflow.world``, no learned model)."""
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from tokenflow import load_model, world
 from tokenflow.testing import make_job
 
 N, B, STEPS = 4, 2, 5
-SOURCE = "a red ball on a checkered floor"
+SOURCE = "a red ball on wood"
 TARGET = "a blue ball on sand"
 
 
 def rolling_ball(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames (n, 64, 64, 3) of a red ball rolling right on a checkered floor, and its masks."""
-    scene = world.Scene("checkered floor", (world.Thing("ball", "red", cx=0.3, cy=0.5, radius=0.24),))
-    drawn = [world.render(scene.with_thing(0, cx=0.28 + 0.44 * i / (n - 1)), 64, 64) for i in range(n)]
+    """Frames (n, 64, 64, 3) of a red ball moving right on wood, and its masks."""
+    scene = world.Scene("wood", (world.Thing("ball", "red", radius=0.24),), seed=11)
+    drawn = [world.render(scene.with_thing(0, x=-0.22 + 0.44 * i / (n - 1)), 64, 64)
+             for i in range(n)]
     return np.stack([image for image, _ in drawn]), np.stack([masks[0] for _, masks in drawn])
 
 
@@ -51,12 +52,12 @@ def test_localblend_recolours_the_ball_and_keeps_the_floor(pm, tf_cache) -> None
     pnp, _ = edit("pnp")
     blend, cells = edit("localblend", [("editor.words", "ball")])
 
-    away = ~grow(balls, 3)  # the floor, a few pixels away from the ball's edge
+    away = ~grow(balls, 3)  # the wood, a few pixels away from the ball's edge
     floor_pnp = np.abs(pnp.astype(float) - frames)[away].mean()
     floor_blend = np.abs(blend.astype(float) - frames)[away].mean()
     assert [world.object_colour(f) for f in pnp] == ["blue"] * N
     assert [world.object_colour(f) for f in blend] == ["blue"] * N
-    assert floor_pnp > 20, floor_pnp  # pnp paints sand over the floor, localblend does not
+    assert floor_pnp > 20, floor_pnp  # pnp paints sand over the wood, localblend does not
     assert floor_blend < 0.15 * floor_pnp and floor_blend < 4, (floor_blend, floor_pnp)
     # the ball is where the source has it, and the mask went with it
     assert np.median([np.mean(world.object_mask(f)[b]) for f, b in zip(blend, balls, strict=True)]) > 0.8
