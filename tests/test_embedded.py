@@ -1,5 +1,6 @@
-"""The shipped embedded model edits an example clip for real: the named colour changes in most
-frames while the object stays where the source has it (measured with tokenflow.embedded.world's rules)."""
+"""The shipped embedded model edits an example clip for real: the named colour and texture show in
+most frames while the object stays where the source has it (measured with the rules of
+``tokenflow.world``, world v2)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,16 @@ from tokenflow.cli import cli
 from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS
 from tokenflow.models import EMBEDDED_DIR
 from tokenflow.video import read_video
-from tokenflow.embedded.world import mask_iou, object_colour, object_mask
+from tokenflow.embedded.public_world import mask_iou, object_masks, read_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT / "examples" / "clips" / "rolling_ball.mp4"
 FRAMES = 12
+# Until the world v2 model replaces the first one (issue 13): the first model knows neither wood
+# nor textures, so these edits cannot show on it. The skip lifts itself when the new one ships.
+pytestmark = pytest.mark.skipif(
+    "wood" not in json.loads((EMBEDDED_DIR / "tokenflow.json").read_text())["vocabulary"]["words"],
+    reason="the shipped embedded model is still the world v1 model (issue 13 replaces it)")
 
 
 def _centroid(mask: np.ndarray) -> np.ndarray:
@@ -27,14 +33,20 @@ def _centroid(mask: np.ndarray) -> np.ndarray:
     return np.array([ys.mean(), xs.mean()])
 
 
+def _object(frame: np.ndarray) -> np.ndarray:
+    """The largest object's mask (all False if the frame shows none)."""
+    masks = object_masks(frame)
+    return masks[0] if masks else np.zeros(frame.shape[:2], bool)
+
+
 @pytest.fixture(scope="module")
 def edit(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("embedded") / "out"
     result = CliRunner().invoke(cli, [
         "run", str(CLIP), "--inversion-prompt", "a red ball on wood",
-        "--prompt", "a blue ball on wood", "--frames", str(FRAMES),
+        "--prompt", "a blue striped ball on wood", "--frames", str(FRAMES),
         "--cache-dir", str(out.parent / "cache"), "--out", str(out),
-        "--output-size", "working"])  # measured in the model's 64x64 pixels
+        "--output-size", "working"])  # measured in the model's 96x96 pixels
     assert result.exit_code == 0, result.output
     assert "no --model given; using tokenflow's embedded model" in result.output
     return out
@@ -48,7 +60,7 @@ def test_embedded_model_ships_as_safetensors_within_budget() -> None:
     assert sum(f.stat().st_size for f in files if f.is_file()) < 30 * 2**20
 
 
-def test_edit_changes_the_colour_and_keeps_the_motion(edit: Path) -> None:
+def test_edit_changes_colour_and_texture_and_keeps_the_motion(edit: Path) -> None:
     doc = json.loads((edit / "run.json").read_text())
     assert doc["model"]["id"] == "embedded"
     assert doc["stages"]["inversion"]["params"]["inversion_steps"] == EMBEDDED_DEFAULTS[
@@ -56,19 +68,21 @@ def test_edit_changes_the_colour_and_keeps_the_motion(edit: Path) -> None:
     source = read_video(edit / "source.mp4").frames
     edited = np.stack([np.asarray(Image.open(p).convert("RGB"))
                        for p in sorted((edit / "frames").glob("*.png"))])
-    assert edited.shape == (FRAMES, 64, 64, 3)
-    colours = [object_colour(frame) for frame in edited]
-    assert sum(c == "blue" for c in colours) >= 0.75 * FRAMES, colours
-    assert all(object_colour(frame) == "red" for frame in source)
+    assert edited.shape == (FRAMES, 96, 96, 3)
+    read = [read_frame(frame)["objects"] for frame in edited]
+    seen = [(o[0]["colour"], o[0]["texture"]) if o else None for o in read]
+    assert sum(s == ("blue", "striped") for s in seen) >= 0.75 * FRAMES, seen
+    assert all([(o["colour"], o["texture"]) for o in read_frame(frame)["objects"]] == [("red", "plain")]
+               for frame in source)
     ious, shifts = [], []
     for src, out in zip(source, edited):
-        a, b = object_mask(src), object_mask(out)
+        a, b = _object(src), _object(out)
         ious.append(mask_iou(a, b))
         shifts.append(np.abs(_centroid(a) - _centroid(b)).max() if b.sum() else np.inf)
-    assert np.median(ious) >= 0.6, ious
-    assert np.median(shifts) <= 3.0, shifts  # pixels at 64x64: the ball goes where the source's goes
+    assert np.median(ious) >= 0.7, ious
+    assert np.median(shifts) <= 4.0, shifts  # pixels at 96x96: the ball goes where the source's goes
     # and it does travel: the edit's object moves right like the source's
-    assert _centroid(object_mask(edited[-1]))[1] - _centroid(object_mask(edited[0]))[1] > 10
+    assert _centroid(_object(edited[-1]))[1] - _centroid(_object(edited[0]))[1] > 15
 
 
 def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) -> None:
@@ -83,7 +97,7 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
     from tokenflow.video import resize_frames
 
     model = load_model(None, device="cpu")
-    frames = resize_frames(read_video(CLIP, frames=8).frames, 64, 64)
+    frames = resize_frames(read_video(CLIP, frames=8).frames, 96, 96)
     pm = make_plugin_manager()
     params = {"inversion": {"prompt": "a red ball on wood"},
               "editor": {"prompt": "a blue ball on wood"}}
@@ -98,9 +112,9 @@ def test_the_shipped_controlnet_keeps_the_layout_sdedit_loses(tmp_path: Path) ->
             assert job.stages["editor"].params.controlnet == "controlnet-canny"
         results = job.run()
         out[editor] = np.asarray(zarr.open_group(str(results["blender"].path), mode="r")["frames"][...])
-        ious[editor] = float(np.median([mask_iou(object_mask(a), object_mask(b))
+        ious[editor] = float(np.median([mask_iou(_object(a), _object(b))
                                         for a, b in zip(frames, out[editor])]))
     assert ious["controlnet"] >= 0.85, ious
     assert ious["controlnet"] > ious["sdedit"] + 0.1, ious
-    assert all(object_colour(f) == "blue" for f in out["controlnet"])
+    assert all([o["colour"] for o in read_frame(f)["objects"]][:1] == ["blue"] for f in out["controlnet"])
 

@@ -24,8 +24,9 @@ def test_scene_batches_are_deterministic() -> None:
     assert (a == b).all() and caps_a == caps_b and (a.shape != c.shape or not (a == c).all())
     assert a.shape[0] == 4 and a.shape[1:3] in TRAIN_SHAPES
     assert scene_batch(0, 7, 2, (96, 160))[0].shape == (2, 96, 160, 3)
-    crops = crop_batch(0, 3, 5)
-    assert crops.shape == (5, 64, 64, 3) and (crops == crop_batch(0, 3, 5)).all()
+    crops, objects = crop_batch(0, 3, 5)
+    assert crops.shape == (5, 64, 64, 3) and (crops == crop_batch(0, 3, 5)[0]).all()
+    assert objects.shape == (5, 64, 64) and objects.dtype == bool and 0 < objects.mean() < 1
 
 
 def test_vae_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS, EMBEDDED_VOCABULARY
@@ -38,6 +37,8 @@ TRAIN_SHAPES: tuple[tuple[int, int], ...] = (
     (64, 64), (64, 96), (96, 64), (64, 128), (128, 64))
 #: The autoencoder is convolutional: it trains on crops of this size from frames of every shape.
 VAE_CROP = 64
+#: How much more an object's pixel counts than a background pixel in the autoencoder's loss.
+OBJECT_WEIGHT = 4.0
 TEXT_LENGTH = 32
 UNET_CONFIG = dict(
     sample_size=RESOLUTION // 8, in_channels=8, out_channels=8,
@@ -73,16 +74,28 @@ def scene_batch(seed: int, step: int, n: int, shape: tuple[int, int] | None = No
     return np.stack(images), captions
 
 
-def crop_batch(seed: int, step: int, n: int, size: int = VAE_CROP) -> np.ndarray:
-    """``n`` random ``size x size`` crops of frames of random shapes (the autoencoder's data)."""
+def crop_batch(seed: int, step: int, n: int, size: int = VAE_CROP) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random ``size x size`` crops of frames of random shapes, and where their objects are
+    (the autoencoder's data)."""
     rng = np.random.default_rng([seed, step, 1])
-    crops = []
-    for i in range(n):
+    crops, masks = [], []
+    for _ in range(n):
         shape = TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
-        image = scene_batch(seed, step * 1000 + i, 1, shape)[0][0]
+        image, things = render(random_scene(rng, height=shape[0], width=shape[1]), *shape)
         y, x = int(rng.integers(shape[0] - size + 1)), int(rng.integers(shape[1] - size + 1))
         crops.append(image[y:y + size, x:x + size])
-    return np.stack(crops)
+        masks.append(things.any(axis=0)[y:y + size, x:x + size])
+    return np.stack(crops), np.stack(masks)
+
+
+def reconstruction_loss(rec: torch.Tensor, x: torch.Tensor, objects: np.ndarray
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """L1 + MSE with object pixels weighted :data:`OBJECT_WEIGHT` times (objects cover a small
+    part of a frame, and their colour and texture are what captions name), and the plain MSE."""
+    weight = 1 + (OBJECT_WEIGHT - 1) * torch.from_numpy(objects).float()[:, None]
+    weight = weight / weight.mean()
+    diff = rec - x
+    return (weight * (diff.abs() + diff.square())).mean(), diff.square().mean()
 
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
@@ -103,13 +116,13 @@ def train_vae(directory: Path, steps: int, batch: int = 16, lr: float = 1e-3, se
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
 
     def compute(step: int):
-        x = to_pixels(crop_batch(seed, step, batch))
+        images, objects = crop_batch(seed, step, batch)
+        x = to_pixels(images)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
         posterior = vae.encode(x).latent_dist
         rec = vae.decode(posterior.sample(generator)).sample
-        mse = F.mse_loss(rec, x)
-        loss = F.l1_loss(rec, x) + mse + kl_weight * posterior.kl().mean()
-        return loss, {"psnr": psnr(mse)}
+        loss, mse = reconstruction_loss(rec, x, objects)
+        return loss + kl_weight * posterior.kl().mean(), {"psnr": psnr(mse)}
 
     train_loop(directory, "vae", {"model": vae}, opt, list(vae.parameters()), steps, lr=lr,
                 warmup=100, every=every, compute=compute, metrics=("psnr",))
@@ -131,12 +144,13 @@ def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4
     vae.quant_conv.requires_grad_(False)
 
     def compute(step: int):
-        x = to_pixels(crop_batch(seed + 30_000, step, batch))
+        images, objects = crop_batch(seed + 30_000, step, batch)
+        x = to_pixels(images)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
-        mse = F.mse_loss(rec, x)
-        return F.l1_loss(rec, x) + mse, {"psnr": psnr(mse)}
+        loss, mse = reconstruction_loss(rec, x, objects)
+        return loss, {"psnr": psnr(mse)}
 
     train_loop(directory, "decoder", decoder, opt, params, steps, lr=lr, warmup=50, every=every,
                 compute=compute, metrics=("psnr",))
