@@ -1,15 +1,16 @@
 """Choose the embedded model's editing defaults by measurement (issue 13, item 3).
 
-    python benchmarks/defaults_sweep.py [--settings base,f1.0,...] [--frames 12] [--steps 50]
-                                        [--edits ball:texture,...] [--cache-dir DIR]
+    python benchmarks/defaults_sweep.py [--settings model,f1.0,...] [--frames 12] [--steps 50]
+                                        [--edits rolling_ball:texture,...] [--cache-dir DIR]
 
 For every setting (a named set of ``-o`` options, :data:`SETTINGS`) and every edit of the example
-clips (:data:`EDITS`: a texture edit and a background edit per clip), runs TokenFlow (``pnp``)
-and per-frame PnP (``pnp-frames``) with the same options on the embedded model, through one stage
-cache, and reads every edited frame with world v2's rules (tokenflow.embedded.world2_checks):
+clips (``benchmarks/consistency.py``'s ``CLIPS``: a texture edit and a background edit per clip),
+runs TokenFlow (``pnp``) and per-frame PnP (``pnp-frames``) with the same options on the embedded
+model, through one stage cache, and reads every edited frame with world v2's rules:
 
-* ``hit``: frames of the per-frame edit whose object shows the target colour and texture kind
-  (texture edits) or whose background is the target (background edits);
+* ``hit``: frames of the per-frame edit where every object the prompt names shows its colour and
+  texture kind (the ``attribute`` scorer; texture edits) or the background is the prompt's
+  (``attribute-background``; background edits);
 * ``kept``: frames of the per-frame edit where every source object's mask is found again with
   IoU >= 0.8;
 * ``warp``: TokenFlow's warp error (t -> t+1, source flow) over per-frame PnP's.
@@ -31,10 +32,11 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ROOT = Path(__file__).resolve().parents[1]
 
-#: clip -> [(kind, source caption, target prompt, target)], where target is the object's
-#: (colour, texture) for a texture edit and the background's name for a background edit.
-EDITS: dict[str, list[tuple[str, str, str, object]]] = {}
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from consistency import CLIPS  # noqa: E402 - the same clips and edits
 
+#: The scorer that reads whether an edit of each kind shows.
+SCORER = {"texture": "attribute", "background": "attribute-background"}
 _CONV = ("features.conv_layers", "editor.conv_layers")
 
 
@@ -58,27 +60,17 @@ SETTINGS: dict[str, list[tuple[str, str]]] = {
 }
 
 
-def _objects(read: dict) -> list[np.ndarray]:
-    return [o["mask"] for o in read["objects"]]
+def kept_objects(source: np.ndarray, edited: np.ndarray) -> list[bool]:
+    """Per frame: every object of the source frame is found again in the edit with IoU >= 0.8."""
+    from tokenflow.embedded.world2_checks import mask_iou, object_masks
 
-
-def frame_checks(source: np.ndarray, edited: np.ndarray, kind: str, target) -> tuple[list[bool], list[bool]]:
-    """Per frame: the target shows (``hit``), every source object is kept (``kept``)."""
-    from tokenflow.embedded.world2_checks import mask_iou, read_frame
-
-    hits, kept = [], []
+    kept = []
     for src, out in zip(source, edited):
-        read_src, read_out = read_frame(src), read_frame(out)
-        matches = [max(read_out["objects"], key=lambda o: mask_iou(o["mask"], m), default=None)
-                   for m in _objects(read_src)]
-        kept.append(all(o is not None and mask_iou(o["mask"], m) >= 0.8
-                        for o, m in zip(matches, _objects(read_src))) and bool(matches))
-        if kind == "background":
-            hits.append(read_out["background"] == target)
-        else:
-            first = matches[0] if matches else None
-            hits.append(first is not None and (first["colour"], first["texture"]) == tuple(target))
-    return hits, kept
+        found = object_masks(out)
+        masks = object_masks(src)
+        kept.append(bool(masks) and all(
+            max((mask_iou(f, m) for f in found), default=0.0) >= 0.8 for m in masks))
+    return kept
 
 
 def main() -> None:
@@ -96,12 +88,14 @@ def main() -> None:
     from tokenflow.api import prepare
     from tokenflow.eval.compare import evaluate_edit, parse_method, run_methods
     from tokenflow.eval.metrics import video_flows
+    from tokenflow.eval.scoring import make_scorers, score_all
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
 
     torch.set_num_threads(2)
     model = load_model(args.model, device="cpu")
     pm = make_plugin_manager()
+    scorers = {kind: make_scorers(pm, [name], {}) for kind, name in SCORER.items()}
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="tf-sweep-"))
     chosen = None if args.edits is None else {tuple(e.split(":")) for e in args.edits.split(",")}
     methods = [parse_method("pnp"), parse_method("pnp-frames")]
@@ -113,7 +107,7 @@ def main() -> None:
     sources = {}
     for setting in args.settings.split(","):
         options = SETTINGS[setting]
-        for clip, edits in EDITS.items():
+        for clip, (caption, edits) in CLIPS.items():
             path = ROOT / "examples" / "clips" / f"{clip}.mp4"
             if not path.exists():
                 sys.exit(f"{path} is missing: python examples/make_clips.py")
@@ -122,7 +116,7 @@ def main() -> None:
                 pairs = [(t, t + 1) for t in range(len(source.working) - 1)]
                 sources[clip] = (source, video_flows(source.working, pairs, method="dis"))
             source, flows = sources[clip]
-            for kind, caption, prompt, target in edits:
+            for kind, prompt in edits.items():
                 if chosen is not None and (clip, kind) not in chosen:
                     continue
                 tokenflow, per_frame = run_methods(
@@ -131,11 +125,12 @@ def main() -> None:
                 warp = [evaluate_edit(source.working, r.frames, source_flows=flows,
                                       long_range=1)["aggregate"]["warp_error"]
                         for r in (tokenflow, per_frame)]
-                hit, kept = frame_checks(source.working, per_frame.frames, kind, target)
-                hit_tf, _ = frame_checks(source.working, tokenflow.frames, kind, target)
+                hit, hit_tf = (np.asarray(score_all(scorers[kind], r.frames, prompt, source.working)
+                                          [0][SCORER[kind]]) >= 1 for r in (per_frame, tokenflow))
+                kept = kept_objects(source.working, per_frame.frames)
                 ratio = warp[0] / warp[1] if warp[1] else float("nan")
                 row = summary.setdefault(setting, {"hit": [], "kept": [], "ratio": []})
-                row["hit"] += hit
+                row["hit"] += list(hit)
                 row["kept"] += kept
                 row["ratio"].append(ratio)
                 print(f"| {setting} | {clip} | {kind} | {100 * np.mean(hit):.0f} % | "
