@@ -2,7 +2,7 @@
 textured, shaded objects on textured backgrounds, in frames of mixed aspect ratios.
 
     python -m tokenflow.embedded.train vae    --dir CKPT [--steps 2500]    # the autoencoder
-    python -m tokenflow.embedded.train unet   --dir CKPT [--steps 8000]    # UNet + text encoder (needs the VAE)
+    python -m tokenflow.embedded.train unet   --dir CKPT [--steps 6500]    # UNet + text encoder (needs the VAE)
     python -m tokenflow.embedded.train decoder --dir CKPT [--steps 1500]   # decoder-only fine-tune (optional)
     python -m tokenflow.embedded.train export --dir CKPT [--out tokenflow/embedded]   # float16 diffusers dir
 
@@ -463,7 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.phase == "vae":
         train_vae(args.dir, args.steps or 2500, seed=args.seed)
     elif args.phase == "unet":
-        train_unet(args.dir, args.steps or 8000, seed=args.seed)
+        train_unet(args.dir, args.steps or 6500, seed=args.seed)
     elif args.phase == "decoder":
         train_decoder(args.dir, args.steps or 1500, seed=args.seed)
     elif args.phase == "controlnet":
