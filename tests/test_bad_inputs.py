@@ -362,7 +362,10 @@ def test_ctrl_c_exits_130_and_leaves_only_complete_entries(world: World, tmp_pat
             "--out", str(tmp_path / "out")]
     err_path = tmp_path / "stderr.txt"
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env)
+        # Ctrl-C's default action, even when this test runs in a background job (a shell
+        # starts those with SIGINT ignored, and the child would inherit that and finish)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 60
             while "computing" not in err_path.read_text(errors="replace"):
