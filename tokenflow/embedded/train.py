@@ -59,13 +59,17 @@ def _threads() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def _random_shape(rng: np.random.Generator) -> tuple[int, int]:
+    return TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
+
+
 def scene_batch(seed: int, step: int, n: int, shape: tuple[int, int] | None = None
                 ) -> tuple[np.ndarray, list[str]]:
     """``n`` frames of one shape (drawn from :data:`TRAIN_SHAPES` unless given) and their
     captions; the same for the same (seed, step)."""
     rng = np.random.default_rng([seed, step])
     if shape is None:
-        shape = TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
+        shape = _random_shape(rng)
     images, captions = [], []
     for _ in range(n):
         scene = random_scene(rng, height=shape[0], width=shape[1])
@@ -80,7 +84,7 @@ def crop_batch(seed: int, step: int, n: int, size: int = VAE_CROP) -> tuple[np.n
     rng = np.random.default_rng([seed, step, 1])
     crops, masks = [], []
     for _ in range(n):
-        shape = TRAIN_SHAPES[int(rng.integers(len(TRAIN_SHAPES)))]
+        shape = _random_shape(rng)
         image, things = render(random_scene(rng, height=shape[0], width=shape[1]), *shape)
         y, x = int(rng.integers(shape[0] - size + 1)), int(rng.integers(shape[1] - size + 1))
         crops.append(image[y:y + size, x:x + size])
@@ -125,7 +129,7 @@ def train_vae(directory: Path, steps: int, batch: int = 16, lr: float = 1e-3, se
         return loss + kl_weight * posterior.kl().mean(), {"psnr": psnr(mse)}
 
     train_loop(directory, "vae", {"model": vae}, opt, list(vae.parameters()), steps, lr=lr,
-                warmup=100, every=every, compute=compute, metrics=("psnr",))
+               warmup=100, every=every, compute=compute, metrics=("psnr",))
 
 
 def train_decoder(directory: Path, steps: int, batch: int = 16, lr: float = 5e-4, seed: int = 0,
@@ -201,35 +205,41 @@ def _latent_dataset(directory: Path, vae, scale: float, n: int, seed: int):
     their captions: ``{shape: (mean, std, captions)}``, cached in ``directory``."""
     path = directory / f"latents-v2-{n}-{seed}.safetensors"
     captions_path = path.with_suffix(".json")
-    per_shape = max(1, n // len(TRAIN_SHAPES))
     if path.exists() and captions_path.exists():
-        data, captions = load_file(str(path)), json.loads(captions_path.read_text())
-        return {shape: (data[f"mean_{shape[0]}x{shape[1]}"], data[f"std_{shape[0]}x{shape[1]}"],
-                        captions[f"{shape[0]}x{shape[1]}"]) for shape in TRAIN_SHAPES}
+        tensors, captions = load_file(str(path)), json.loads(captions_path.read_text())
+    else:
+        tensors, captions = _encode_dataset(vae, scale, max(1, n // len(TRAIN_SHAPES)), seed)
+        atomic_save(tensors, path)
+        tmp = captions_path.with_name(f".{captions_path.name}.tmp")
+        tmp.write_text(json.dumps(captions))
+        os.replace(tmp, captions_path)
+    names = {shape: f"{shape[0]}x{shape[1]}" for shape in TRAIN_SHAPES}
+    return {shape: (tensors[f"mean_{name}"], tensors[f"std_{name}"], captions[name])
+            for shape, name in names.items()}
+
+
+@torch.no_grad()
+def _encode_dataset(vae, scale: float, per_shape: int, seed: int):
+    """``per_shape`` frames of each training shape, encoded: ``mean_HxW`` / ``std_HxW`` tensors
+    (scaled) and ``{HxW: captions}``."""
     from tqdm.auto import tqdm
 
     tensors, captions = {}, {}
     bar = tqdm(total=per_shape * len(TRAIN_SHAPES), desc="encode dataset", dynamic_ncols=True)
-    with torch.no_grad():
-        for k, shape in enumerate(TRAIN_SHAPES):
-            means, stds, caps = [], [], []
-            for i in range(0, per_shape, 32):
-                images, batch_caps = scene_batch(seed + 20_000, k * 1_000_000 + i, min(32, per_shape - i), shape)
-                posterior = vae.encode(to_pixels(images)).latent_dist
-                means.append(posterior.mean * scale)
-                stds.append(posterior.std * scale)
-                caps += batch_caps
-                bar.update(len(images))
-            name = f"{shape[0]}x{shape[1]}"
-            tensors[f"mean_{name}"], tensors[f"std_{name}"] = torch.cat(means), torch.cat(stds)
-            captions[name] = caps
+    for k, shape in enumerate(TRAIN_SHAPES):
+        means, stds, caps = [], [], []
+        for i in range(0, per_shape, 32):
+            images, batch_caps = scene_batch(seed + 20_000, k * 1_000_000 + i, min(32, per_shape - i), shape)
+            posterior = vae.encode(to_pixels(images)).latent_dist
+            means.append(posterior.mean * scale)
+            stds.append(posterior.std * scale)
+            caps += batch_caps
+            bar.update(len(images))
+        name = f"{shape[0]}x{shape[1]}"
+        tensors[f"mean_{name}"], tensors[f"std_{name}"] = torch.cat(means), torch.cat(stds)
+        captions[name] = caps
     bar.close()
-    atomic_save(tensors, path)
-    tmp = captions_path.with_name(f".{captions_path.name}.tmp")
-    tmp.write_text(json.dumps(captions))
-    os.replace(tmp, captions_path)
-    return {shape: (tensors[f"mean_{shape[0]}x{shape[1]}"], tensors[f"std_{shape[0]}x{shape[1]}"],
-                    captions[f"{shape[0]}x{shape[1]}"]) for shape in TRAIN_SHAPES}
+    return tensors, captions
 
 
 def train_unet(directory: Path, steps: int, batch: int = 32, lr: float = 1e-3, seed: int = 0,
@@ -243,7 +253,8 @@ def train_unet(directory: Path, steps: int, batch: int = 32, lr: float = 1e-3, s
     if load_checkpoint(directory, "vae", {"model": vae}, None)["step"] == 0:
         raise SystemExit("train the VAE first: python -m tokenflow.embedded.train vae --dir " + str(directory))
     vae.eval().requires_grad_(False)
-    scale = scaling_factor(vae)
+    state = directory / "unet_state.json"  # a resumed run reads the factor its start measured
+    scale = json.loads(state.read_text())["scaling_factor"] if state.exists() else scaling_factor(vae)
     buckets = _latent_dataset(directory, vae, scale, dataset, seed)
     torch.manual_seed(seed)
     tokenizer, text = build_text(directory / "tokenizer")
@@ -344,7 +355,7 @@ def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5
         return (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean(), {}
 
     train_loop(directory, "controlnet", {"controlnet": net}, opt, params, steps, lr=lr,
-                warmup=100, every=every, compute=compute)
+               warmup=100, every=every, compute=compute)
 
 
 def export_controlnet(directory: Path, out: Path, dtype: str = "float16") -> Path:
