@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="the model's dtype (default float32)")
     parser.add_argument("--frames-out", type=Path, default=None)
     parser.add_argument("--against", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     clips, edits = args.clips.split(","), args.edits.split(",")
     for given, known, what in ((clips, CLIPS, "clip"), (edits, EDITS, "edit")):
@@ -111,7 +112,7 @@ def main() -> None:
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = load_model(None, device="cpu", dtype=args.dtype)
     pm = make_plugin_manager()
     scorers = make_scorers(pm, ["attribute", "attribute-background"], {})

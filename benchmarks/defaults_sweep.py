@@ -57,6 +57,8 @@ SETTINGS: dict[str, list[tuple[str, str]]] = {
     "conv-fine": _conv("up_blocks.2.resnets.0"),
     "conv-both": _conv("up_blocks.1.resnets.1", "up_blocks.2.resnets.0"),
     "conv-coarse": _conv("up_blocks.0.resnets.1"),
+    "conv-fine-all-steps": _conv("up_blocks.2.resnets.0") + [
+        ("editor.pnp_attn_t", "1.0"), ("editor.pnp_f_t", "1.0"), ("features.conv_t", "1.0")],
 }
 
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--model", default=None)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
     import torch
@@ -92,7 +95,7 @@ def main() -> None:
     from tokenflow.manager import make_plugin_manager
     from tokenflow.models import load_model
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu")
     pm = make_plugin_manager()
     scorers = {kind: make_scorers(pm, [name], {}) for kind, name in SCORER.items()}

@@ -5,7 +5,7 @@ the last column).
 
 * VAE: PSNR of encode + decode on frames of every shape the model is trained at.
 * Inversion: DDIM inversion (50 steps, source caption, no CFG), then regeneration; PSNR.
-* Caption following: samples from captions (50 DDIM steps, CFG 7.5), read by the rules of
+* Caption following: samples from captions (50 DDIM steps, CFG 7.5 or ``--guidance``), read by the rules of
   tokenflow.embedded.world2_checks. Colour and texture kind on one-object captions; background on
   every caption; object count on captions naming one to three objects, in non-square frames.
 * PnP edits of single frames (``tf run --editor pnp-frames``, the model's defaults): an object's
@@ -90,11 +90,11 @@ def samples(model, scenes, steps: int = 50, guidance: float = 7.5, seed: int = 0
         yield scene, (image * 255).round().astype(np.uint8)
 
 
-def caption_following(model, n: int) -> dict[str, float]:
+def caption_following(model, n: int, guidance: float = 7.5) -> dict[str, float]:
     """Fractions of samples whose object colour, texture kind, background and object count are
     what the caption says."""
     right = dict.fromkeys(("colour", "texture", "background", "count"), 0)
-    for scene, image in samples(model, held_out(n, HELD_OUT + 2, n_things=1)):
+    for scene, image in samples(model, held_out(n, HELD_OUT + 2, n_things=1), guidance=guidance):
         read = read_frame(image)
         right["background"] += read["background"] == scene.background
         if len(read["objects"]) >= 1:
@@ -102,7 +102,7 @@ def caption_following(model, n: int) -> dict[str, float]:
             right["colour"] += found["colour"] == scene.things[0].colour
             right["texture"] += found["texture"] == scene.things[0].texture
     counts = held_out(n, HELD_OUT + 4, shapes=NON_SQUARE)
-    for scene, image in samples(model, counts, seed=10_000):
+    for scene, image in samples(model, counts, guidance=guidance, seed=10_000):
         right["count"] += len(read_frame(image)["objects"]) == len(scene.things)
     return {k: v / n for k, v in right.items()}
 
@@ -153,9 +153,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a diffusers dir (default: the embedded model)")
     parser.add_argument("--quick", action="store_true", help="fewer samples (rougher figures)")
     parser.add_argument("--skip-edits", action="store_true", help="leave out the PnP edits")
+    parser.add_argument("--guidance", type=float, default=7.5,
+                        help="classifier-free guidance of the caption samples (default 7.5)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu", dtype=torch.float32)
     q = 4 if args.quick else 1
     rows = []
@@ -165,8 +168,8 @@ def main() -> None:
     rows.append(("DDIM inversion + regeneration PSNR (50 steps)",
                  f"{inversion_psnr(model, 32 // q):.2f} dB", ">= 25 dB"))
     n = 128 // q
-    caption = caption_following(model, n)
-    rows.append((f"caption colour accuracy ({n} one-object samples, CFG 7.5)",
+    caption = caption_following(model, n, args.guidance)
+    rows.append((f"caption colour accuracy ({n} one-object samples, CFG {args.guidance:g})",
                  f"{100 * caption['colour']:.1f} %", ">= 90 %"))
     rows.append(("caption texture-kind accuracy (same samples)", f"{100 * caption['texture']:.1f} %",
                  ">= 80 %"))

@@ -8,4 +8,4 @@ export OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} HF_HUB_OFFL
 clip=examples/clips/rolling_ball.mp4
 [ -f "$clip" ] || .venv/bin/python examples/make_clips.py
 exec .venv/bin/tf run "$clip" --inversion-prompt "a red ball on wood" \
-  --prompt "a blue striped ball on wood" --out out/demo --overwrite "$@"
+  --prompt "a blue checkered ball on wood" --out out/demo --overwrite "$@"

@@ -16,7 +16,7 @@ from helpers import cli_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "cache" / "README.md"
-LAYER = "up_blocks.3.attentions.0.transformer_blocks.0.attn1"
+LAYER = "up_blocks.2.attentions.0.transformer_blocks.0.attn1"
 
 
 def recipe_blocks() -> list[str]:
@@ -64,18 +64,18 @@ def test_the_recipe_runs_as_written_on_the_embedded_model_without_a_warning(
         for block in recipe_blocks():
             exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own docs
     assert [str(w.message) for w in caught] == []
-    assert "8x8x32" in capsys.readouterr().out  # print(tree) shows the groups
+    assert "12x12x64" in capsys.readouterr().out  # print(tree) shows the groups
 
     run = json.loads((ran / "out" / "rolling_ball" / "run.json").read_text())
     assert run["model"]["id"] == "embedded"
-    assert namespace["group"] == "8x8x32" and namespace["grid"].shape == (8, 8, 32)
+    assert namespace["group"] == "12x12x64" and namespace["grid"].shape == (12, 12, 64)
     # the recipe's decoding equals what tokenflow reads
     reader = FeatureReader(zarr.open_group(run["cache"]["features"]["path"], mode="r"))
-    np.testing.assert_allclose(namespace["grid"].reshape(64, 32),
+    np.testing.assert_allclose(namespace["grid"].reshape(144, 64),
                                reader.tokens(0, LAYER, [0])[0].numpy(), atol=1e-6)
     keyframes = zarr.open_group(run["cache"]["keyframes"]["path"], mode="r")["keyframes"][0]
     assert set(namespace["refs"].tolist()) <= set(keyframes.tolist())
-    assert namespace["taken"].shape == (64,) and 0 <= namespace["taken"].min() <= \
-        namespace["taken"].max() < 64
+    assert namespace["taken"].shape == (144,) and 0 <= namespace["taken"].min() <= \
+        namespace["taken"].max() < 144
     frames = zarr.open_group(run["cache"]["blender"]["path"], mode="r")["frames"]
     np.testing.assert_array_equal(namespace["first"], frames[0])

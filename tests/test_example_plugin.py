@@ -5,7 +5,6 @@ point), and removed with ``tf uninstall``."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -20,7 +19,6 @@ from helpers_venv import (
     run,
 )
 
-from tokenflow.models import EMBEDDED_DIR
 
 PACKAGE = ROOT / "examples" / "plugins" / "tokenflow-localblend"
 CLIP = ROOT / "examples" / "clips" / "rolling_ball.mp4"
@@ -81,10 +79,7 @@ def test_tf_install_runs_tests_and_uninstalls_the_example_package(tmp_path: Path
                  env=env)
     assert tested.code == 0, tested.out[-3000:] + tested.err[-2000:]
     summary = tested.out.strip().splitlines()[-1]
-    # its embedded-model test skips only while the shipped model is still world v1 (issue 13)
-    v1 = "wood" not in json.loads((EMBEDDED_DIR / "tokenflow.json").read_text())["vocabulary"]["words"]
-    assert " passed" in summary and "failed" not in summary, summary
-    assert ("skipped" not in summary) or (v1 and "1 skipped" in summary), summary
+    assert " passed" in summary and "failed" not in summary and "skipped" not in summary, summary
 
     removed = run([tf, "uninstall", "tokenflow-localblend"], cwd=tmp_path, env=env)
     assert removed.code == 0, removed.err

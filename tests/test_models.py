@@ -103,8 +103,8 @@ def test_load_none_gives_the_embedded_model() -> None:
     """The shipped model loads through the same loader as any diffusers checkpoint, offline."""
     m = load_model(None, device="cpu")
     assert m.model_id == "embedded" and m.revision is None and "embedded" in m.label
-    assert m.dtype == torch.float32 and m.native_size == 64 and m.vae_scale_factor == 8
-    assert m.size_multiple == 64
+    assert m.dtype == torch.float32 and m.native_size == 96 and m.vae_scale_factor == 8
+    assert m.size_multiple == 32  # three UNet levels
     assert m.defaults.get("inversion.inversion_steps") == 100
     from tokenflow.embedded.suggestions import EMBEDDED_DEFAULTS
 
@@ -113,7 +113,7 @@ def test_load_none_gives_the_embedded_model() -> None:
     assert m.defaults["features.conv_layers"] == m.defaults["editor.conv_layers"]
     assert m.defaults["features.conv_t"] == m.defaults["editor.pnp_f_t"]
     from tokenflow.embedded.suggestions import EMBEDDED_VOCABULARY
-    from tokenflow.embedded.world import WORDS
+    from tokenflow.embedded.world2 import WORDS
 
     assert m.vocabulary is not None and m.vocabulary.words == frozenset(WORDS)
     assert dict(m.vocabulary.lost_in_edits) == EMBEDDED_VOCABULARY["lost_in_edits"]

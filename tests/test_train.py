@@ -96,3 +96,30 @@ def test_unet_training_and_export_give_a_loadable_model(tmp_path) -> None:
     assert all(torch.allclose(v, exported[k], atol=1e-2) for k, v in tuned.decoder.state_dict().items())
     stored = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     assert next(iter(stored.values())).dtype == torch.float16
+
+
+def test_the_controlnet_starts_as_the_unets_encoder_and_changes_nothing(tmp_path) -> None:
+    from diffusers import ControlNetModel
+
+    from tokenflow.embedded.train import _controlnet_fits, build_unet, make_controlnet
+
+    torch.manual_seed(0)
+    unet = build_unet()
+    net = make_controlnet(unet)
+    own = unet.state_dict()
+    for key in ("conv_in.weight", "time_embedding.linear_1.weight",
+                "down_blocks.1.resnets.1.conv2.weight", "mid_block.resnets.0.conv1.weight"):
+        assert torch.equal(net.state_dict()[key], own[key])
+    full = ControlNetModel.from_unet(unet)
+    assert sum(p.numel() for p in net.parameters()) < 0.7 * sum(p.numel() for p in full.parameters())
+    x, t, text = torch.randn(2, 8, 12, 16), torch.tensor([10, 700]), torch.randn(2, 32, 64)
+    down, mid = net(x, t, encoder_hidden_states=text, controlnet_cond=torch.rand(2, 3, 96, 128),
+                    return_dict=False)
+    with torch.no_grad():
+        plain = unet(x, t, encoder_hidden_states=text).sample
+        controlled = unet(x, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid).sample
+    assert torch.equal(plain, controlled)  # zero output convolutions: untrained, it adds nothing
+    net.save_pretrained(tmp_path / "cn", safe_serialization=True)
+    assert _controlnet_fits(tmp_path / "cn", dict(unet.config))
+    assert not _controlnet_fits(tmp_path / "cn", {**dict(unet.config), "layers_per_block": 1})

@@ -9,7 +9,7 @@ functions and classes only gain optional arguments. Submodules are internal and 
 Running an edit::
 
     import tokenflow
-    result = tokenflow.edit("clip.mp4", prompt="a blue striped ball on wood")
+    result = tokenflow.edit("clip.mp4", prompt="a blue checkered ball on wood")
     result.frames            # (N, H, W, 3) uint8
 """
 

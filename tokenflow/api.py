@@ -4,7 +4,7 @@
 runner or a web UI calls them the same way::
 
     import tokenflow
-    result = tokenflow.edit("clip.mp4", prompt="a blue striped ball on wood", out="out/ball")
+    result = tokenflow.edit("clip.mp4", prompt="a blue checkered ball on wood", out="out/ball")
     result.frames                 # the edited frames, (N, H, W, 3) uint8
     result.record["keys"]         # what run.json holds
     result.dataset("features", group="8x8x64")   # any stage's store, with named dims

@@ -305,15 +305,39 @@ def train_unet(directory: Path, steps: int, batch: int = 32, lr: float = 1e-3, s
 CONTROLNET_EMBEDDING = (16, 32, 64, 64)
 
 
+def make_controlnet(unet):
+    """The embedded model's ControlNet, before training: the UNet's encoder without its attention
+    (plain ``DownBlock2D`` blocks and a resnet-only ``UNetMidBlock2D``, stock diffusers options)
+    and with its convolution weights copied. It outputs the residuals the UNet expects (same
+    channels, levels and layers per block) at 60 % of ``ControlNetModel.from_unet``'s size, which
+    keeps the package's safetensors within 30 MB; canny edges need no text."""
+    from diffusers import ControlNetModel
+
+    config = unet.config
+    net = ControlNetModel(
+        in_channels=config.in_channels, block_out_channels=tuple(config.block_out_channels),
+        down_block_types=("DownBlock2D",) * len(config.block_out_channels),
+        mid_block_type="UNetMidBlock2D", layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups, norm_eps=config.norm_eps,
+        cross_attention_dim=config.cross_attention_dim,
+        attention_head_dim=config.attention_head_dim, flip_sin_to_cos=config.flip_sin_to_cos,
+        freq_shift=config.freq_shift, downsample_padding=config.downsample_padding,
+        act_fn=config.act_fn, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    own = net.state_dict()
+    copied = {k: v for k, v in unet.state_dict().items() if k in own and own[k].shape == v.shape}
+    net.load_state_dict(copied, strict=False)
+    return net
+
+
 def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5e-4,
                      seed: int = 0, every: int = 250, drop: float = 0.1,
                      snr_gamma: float = 5.0, model_dir: Path | None = None) -> None:
     """A canny-edge ControlNet for the exported model (``model_dir``, default the embedded one):
-    frozen VAE, text encoder and UNet; the ControlNet starts as a copy of the UNet's encoder
-    (diffusers' ``from_unet``) with zero output convolutions, and learns to predict the noise
-    together with the UNet from the canny edges of each scene: the ``canny`` control extractor
-    that inference uses, looked up through the plugin hook."""
-    from diffusers import ControlNetModel, DDPMScheduler
+    frozen VAE, text encoder and UNet; the ControlNet starts as the UNet's encoder without its
+    attention (:func:`make_controlnet`) with zero output convolutions, and learns to predict the
+    noise together with the UNet from the canny edges of each scene: the ``canny`` control
+    extractor that inference uses, looked up through the plugin hook."""
+    from diffusers import DDPMScheduler
 
     from tokenflow.editing.controls import get_extractor
     from tokenflow.manager import make_plugin_manager
@@ -323,7 +347,7 @@ def train_controlnet(directory: Path, steps: int, batch: int = 32, lr: float = 5
 
     model = load_model(str(model_dir) if model_dir else None, device="cpu", dtype=torch.float32)
     torch.manual_seed(seed)
-    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    net = make_controlnet(model.unet)
     net.train()
     params = list(net.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -362,12 +386,10 @@ def export_controlnet(directory: Path, out: Path, dtype: str = "float16") -> Pat
     """Write the trained ControlNet as a diffusers directory (safetensors, ``dtype``)."""
     import shutil
 
-    from diffusers import ControlNetModel
-
     from tokenflow.models import load_model
 
     model = load_model(None, device="cpu", dtype=torch.float32)
-    net = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    net = make_controlnet(model.unet)
     if load_checkpoint(directory, "controlnet", {"controlnet": net}, None)["step"] == 0:
         raise SystemExit("nothing to export: train the ControlNet first")
     tmp = out.with_name(f".{out.name}.tmp")
@@ -435,9 +457,8 @@ def _controlnet_fits(directory: Path, unet_config: dict) -> bool:
     if not config.is_file():
         return False
     saved = json.loads(config.read_text())
-    return all(list(saved.get(k) or []) == list(unet_config[k]) for k in
-               ("block_out_channels", "down_block_types")) and \
-        saved.get("cross_attention_dim") == unet_config["cross_attention_dim"]
+    return list(saved.get("block_out_channels") or []) == list(unet_config["block_out_channels"]) \
+        and all(saved.get(k) == unet_config[k] for k in ("layers_per_block", "in_channels"))
 
 
 def _install(tmp: Path, out: Path) -> None:

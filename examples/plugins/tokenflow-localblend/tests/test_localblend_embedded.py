@@ -35,8 +35,6 @@ def grow(masks: np.ndarray, pixels: int) -> np.ndarray:
 @pytest.mark.slow
 def test_localblend_recolours_the_ball_and_keeps_the_floor(pm, tf_cache) -> None:
     model = load_model(None, device="cpu")
-    if "wood" not in model.vocabulary.words:
-        pytest.skip("the shipped embedded model is still the world v1 model (issue 13)")
     frames, balls = rolling_ball(N)
     assert [world.object_colour(f) for f in frames] == ["red"] * N
 
