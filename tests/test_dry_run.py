@@ -203,8 +203,10 @@ def test_tf_stages_model_shows_the_values_a_run_uses(world: CliWorld) -> None:
 def test_tf_stages_model_embedded_shows_what_a_default_run_uses(world: CliWorld) -> None:
     doc = json.loads(world.invoke("stages", "--model", "embedded", "--json").stdout)
     pnp = {item["name"]: item for item in doc["editor"]}["pnp"]["params"]
-    assert (pnp["guidance_scale"]["value"], pnp["guidance_scale"]["source"]) == (2.0, "model")
-    assert (pnp["pnp_attn_t"]["value"], pnp["pnp_attn_t"]["default"]) == (1.0, 0.5)
+    assert (pnp["guidance_scale"]["value"], pnp["guidance_scale"]["source"]) == (5.0, "model")
+    assert (pnp["conv_layers"]["value"], pnp["conv_layers"]["source"]) == (
+        ["up_blocks.2.resnets.0"], "model")
+    assert pnp["conv_layers"]["default"] == ["up_blocks.1.resnets.1"]
     ddim = doc["inversion"][0]["params"]
     assert (ddim["inversion_steps"]["value"], ddim["inversion_steps"]["source"]) == (100, "model")
     assert "--model M shows them" in " ".join(world.invoke("stages", "--help").stdout.split())
