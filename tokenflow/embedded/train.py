@@ -452,13 +452,11 @@ def export(directory: Path, out: Path, dtype: str = "float16") -> Path:
 
 
 def _controlnet_fits(directory: Path, unet_config: dict) -> bool:
-    """Whether the ControlNet in ``directory`` was made from a UNet of this configuration."""
+    """Whether the ControlNet in ``directory`` was made for a UNet of this configuration."""
+    from tokenflow.models.controlnet import controlnet_misfit
+
     config = directory / "config.json"
-    if not config.is_file():
-        return False
-    saved = json.loads(config.read_text())
-    return list(saved.get("block_out_channels") or []) == list(unet_config["block_out_channels"]) \
-        and all(saved.get(k) == unet_config[k] for k in ("layers_per_block", "in_channels"))
+    return config.is_file() and controlnet_misfit(json.loads(config.read_text()), unet_config) is None
 
 
 def _install(tmp: Path, out: Path) -> None:

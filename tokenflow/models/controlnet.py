@@ -70,6 +70,19 @@ def controlnet_key(controlnet: str | os.PathLike, revision: str | None = None,
     return h.hexdigest()
 
 
+def controlnet_misfit(config: dict, unet_config) -> str | None:
+    """Why a ControlNet of this ``config.json`` cannot feed residuals to a UNet of
+    ``unet_config`` (``None`` when it can): the residuals' channels, count and inputs differ."""
+    for field_name in ("block_out_channels", "layers_per_block", "cross_attention_dim",
+                       "in_channels"):
+        want, got = unet_config.get(field_name), config.get(field_name)
+        if isinstance(want, (list, tuple)):
+            want, got = list(want), list(got) if isinstance(got, (list, tuple)) else got
+        if got != want:
+            return f"{field_name} is {got}, the UNet's is {want}"
+    return None
+
+
 def load_controlnet(controlnet: str | os.PathLike, model: Model, revision: str | None = None):
     """A frozen ``ControlNetModel`` on ``model``'s device and dtype, checked to fit its UNet."""
     from diffusers import ControlNetModel
@@ -77,14 +90,9 @@ def load_controlnet(controlnet: str | os.PathLike, model: Model, revision: str |
     root = _controlnet_dir(controlnet, revision, model.root)
     name = os.fspath(controlnet)
     config = read_json(root / "config.json")
-    unet = model.unet.config
-    for field_name in ("block_out_channels", "cross_attention_dim", "in_channels"):
-        want, got = unet.get(field_name), config.get(field_name)
-        if isinstance(want, (list, tuple)):
-            want, got = list(want), list(got) if isinstance(got, (list, tuple)) else got
-        if got != want:
-            raise ModelError(f"ControlNet {name} does not fit this UNet: {field_name} is {got}, "
-                             f"the UNet's is {want}")
+    misfit = controlnet_misfit(config, model.unet.config)
+    if misfit:
+        raise ModelError(f"ControlNet {name} does not fit this UNet: {misfit}")
     downs = len(config.get("conditioning_embedding_out_channels") or (16, 32, 96, 256)) - 1
     if 2 ** downs != model.vae_scale_factor:
         raise ModelError(f"ControlNet {name} downsamples control images {2 ** downs}x, the VAE "
