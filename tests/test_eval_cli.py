@@ -14,7 +14,7 @@ from PIL import Image
 
 from tokenflow.cli import cli
 from tokenflow.eval.compare import parse_method
-from tokenflow.frame_figures import FOOTER
+from tokenflow.frame_figures import FOOTER, LABEL_WIDTH
 from tokenflow.testing import synthetic_frames
 from tokenflow.video import read_video, write_frames
 
@@ -148,6 +148,9 @@ def test_compare_writes_every_output(compared) -> None:
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.size[1] == 4 * 128 + FOOTER  # one row per video, then the frame numbers
     assert Image.open(out / "metrics.png").size[0] > 300
+    # six frames: 5 consecutive columns; per video a row of frames and a row of residuals
+    flicker = Image.open(out / "flicker_sheet.png")
+    assert flicker.size == (LABEL_WIDTH + 5 * 128, 2 * 4 * 128 + FOOTER)
     assert compared["result"].stdout.strip().splitlines()[-1] == str(out)
 
 

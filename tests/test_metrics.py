@@ -31,6 +31,7 @@ from tokenflow.eval.metrics import (
     video_flows,
     warp,
     warp_error,
+    warp_residual,
 )
 from tokenflow.video import VideoError, read_video, resize_frames
 from tokenflow.embedded.world import Scene, Thing, render
@@ -168,6 +169,44 @@ def test_colour_flicker_has_a_large_warp_error_and_flicker_ratio():
     assert agg["warp_error_long"] > 100 * agg["warp_error_long_source"]
     assert agg["flicker_ratio"] > 2.0
     assert agg["flicker_ratio"] == pytest.approx(agg["flicker"] / agg["flicker_source"])
+
+
+def test_warp_residual_shows_where_an_edit_flickers():
+    from tokenflow.eval.compare import FLICKER_INVALID, FLICKER_WHITE, flicker_rows, residual_image
+
+    v = (1, 0)
+    frames = _translating(n=9, v=v, sigma=4.0)
+    pairs = _pairs(len(frames), k=1)
+    truth = _translation_flows(frames, v, pairs)
+    flickered = frames.copy()
+    flickered[1::2, 20:50, 10:40] //= 2  # every other frame darker in one square
+    for t, s in pairs:
+        residual = warp_residual(flickered, truth, (t, s))
+        valid = truth.valid[(t, s)]
+        assert residual.shape == frames.shape[1:3] and residual.dtype == np.float32
+        assert np.array_equal(np.isnan(residual), ~valid)
+        assert residual[valid].mean() == pytest.approx(warp_error(flickered, truth, [(t, s)])[0])
+        square = np.zeros(valid.shape, bool)
+        square[22:48, 12:38] = True  # inside the square, away from its moving edge
+        assert residual[square].min() > 1e-3
+        outside = np.ones(valid.shape, bool)
+        outside[15:55, 5:45] = False
+        assert np.nanmax(residual[outside & valid]) == 0  # the rest moves exactly as the source
+
+    image = residual_image(np.array([[0.0, FLICKER_WHITE ** 2, 1.0, np.nan]], np.float32))
+    assert image.dtype == np.uint8 and image.shape == (1, 4, 3)
+    assert image[0, :3].tolist() == [[0, 0, 0], [255, 255, 255], [255, 255, 255]]
+    assert tuple(image[0, 3]) == FLICKER_INVALID
+
+    rows, picks = flicker_rows(frames, [("edit", flickered)], truth, columns=4)
+    assert picks.tolist() == [2, 3, 4, 5]  # four consecutive frames from the middle of nine
+    assert [label.split(":")[0] for label, _ in rows] == ["source", "source", "edit", "edit"]
+    assert np.array_equal(rows[2][1], flickered[2:6])
+    source_residual, edit_residual = rows[1][1], rows[3][1]
+    assert source_residual[:, :, :, 0].max() <= FLICKER_INVALID[0]  # black or invalid-blue
+    assert edit_residual[:, 30, 25].min() > 100  # bright in the square, every column
+    with pytest.raises(ValueError, match="two frames"):
+        flicker_rows(frames[:1], [], truth)
 
 
 def test_identical_videos():

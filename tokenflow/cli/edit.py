@@ -142,7 +142,9 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
 
     Writes table.md and table.json (consistency, structure and fidelity metrics per method, the
     source's own as the floor), side_by_side.mp4 (source | each edit, labelled),
-    contact_sheet.png (rows = methods, columns = evenly spaced frames) and metrics.png.
+    contact_sheet.png (rows = methods, columns = evenly spaced frames), flicker_sheet.png
+    (consecutive frames of each method, each over its change to the next frame beyond the
+    source's motion: bright where it flickers) and metrics.png.
     """
     from tokenflow.arguments import check_size, check_video
     from tokenflow.eval.compare import evaluate_edit, parse_method, run_methods, write_comparison
@@ -206,7 +208,7 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
                                context={"title": title, "video": str(video), "prompt": prompt,
                                         "model": loaded.model_id, "frames": int(len(frames)),
                                         "steps": steps, "flow": flow_method,
-                                        "long_range": long_range})
+                                        "long_range": long_range}, flows=flows)
     if not quiet:
         from tokenflow.eval.compare import BELOW_LEGEND, BELOW_MARK
 

@@ -4,7 +4,8 @@
 consistency and structure metrics (:func:`tokenflow.eval.metrics.evaluate`, the source's optical flow
 estimated once or given) and the fidelity scores of the installed scorers. ``run_methods`` runs
 several editors or settings on one clip through one shared stage cache; ``write_comparison``
-writes the table (Markdown and JSON), a labelled side-by-side video, a contact sheet and a plot.
+writes the table (Markdown and JSON), a labelled side-by-side video, a contact sheet, a flicker
+sheet and a plot.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ TABLE_METRICS: list[tuple[str, str, bool]] = [
 ]
 #: Per-frame series drawn by the plots.
 PLOT_METRICS = ["warp_error", "warp_error_long", "flicker", "structure_edges"]
+#: Consecutive frames in ``flicker_sheet.png``, from the middle of the clip.
+FLICKER_COLUMNS = 6
+#: The per-pixel RMS colour error (RGB in [0, 1]) drawn white in ``flicker_sheet.png``'s
+#: residual rows; 0 is black. Pixels the source's flow cannot follow are drawn in
+#: :data:`FLICKER_INVALID`.
+FLICKER_WHITE = 0.25
+FLICKER_INVALID = (40, 40, 110)
 
 
 @dataclass
@@ -189,10 +197,47 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def residual_image(residual: np.ndarray) -> np.ndarray:
+    """A :func:`tokenflow.eval.metrics.warp_residual` map as uint8 RGB: its per-pixel RMS error
+    in gray (black 0, white :data:`FLICKER_WHITE` or more), pixels without a valid flow in
+    :data:`FLICKER_INVALID`."""
+    valid = np.isfinite(residual)
+    level = np.sqrt(np.where(valid, residual, 0.0)) / FLICKER_WHITE
+    gray = (np.clip(level, 0.0, 1.0) * 255).round().astype(np.uint8)
+    image = np.repeat(gray[..., None], 3, axis=-1)
+    image[~valid] = FLICKER_INVALID
+    return image
+
+
+def flicker_rows(source: np.ndarray, videos: list[tuple[str, np.ndarray]], flows,
+                 columns: int = FLICKER_COLUMNS) -> tuple[list[tuple[str, np.ndarray]], np.ndarray]:
+    """Rows of ``flicker_sheet.png`` and their frame numbers: ``columns`` consecutive frames
+    ``t`` from the middle of the clip; for the source and each labelled video, its frames and
+    then its residual ``t -> t+1`` (:func:`residual_image`): where the video changes from one
+    frame to the next by more than the source's motion (``flows``, pairs ``(t, t+1)``)
+    explains. The source's own residual row is the floor (flow and interpolation error)."""
+    from tokenflow.eval.metrics import warp_residual
+
+    count = min(columns, len(source) - 1)
+    if count < 1:
+        raise ValueError("a flicker sheet needs at least two frames")
+    start = (len(source) - 1 - count) // 2
+    picks = np.arange(start, start + count)
+    rows = []
+    for label, frames in [("source", source), *videos]:
+        rows.append((label, frames[picks]))
+        residuals = [residual_image(warp_residual(frames, flows, (t, t + 1))) for t in picks]
+        rows.append((f"{label}: change to the next frame beyond the source's motion",
+                     np.stack(residuals)))
+    return rows, picks
+
+
 def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[MethodResult],
-                     source_metrics: dict, *, context: dict) -> dict[str, Path]:
-    """Write table.md, table.json, side_by_side.mp4, contact_sheet.png and metrics.png into
-    ``out`` (built aside, then renamed into place)."""
+                     source_metrics: dict, *, context: dict, flows=None) -> dict[str, Path]:
+    """Write table.md, table.json, side_by_side.mp4, contact_sheet.png, metrics.png and, given
+    the source's ``flows`` for the pairs ``(t, t+1)`` of a clip of at least two frames,
+    flicker_sheet.png (:func:`flicker_rows`) into ``out`` (built aside, then renamed into
+    place)."""
     import shutil
     import uuid
 
@@ -225,6 +270,9 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
         videos = [("source", source), *[(r.method.label, r.frames) for r in results]]
         write_video(tmp / "side_by_side.mp4", labelled_side_by_side(videos), fps)
         write_png(tmp / "contact_sheet.png", contact_sheet(videos, 6))
+        if flows is not None and len(source) > 1:
+            rows, picks = flicker_rows(source, videos[1:], flows)
+            write_png(tmp / "flicker_sheet.png", contact_sheet(rows, len(picks), numbers=picks))
         series = {r.method.label: r.metrics.get("per_frame", {}) for r in results}
         series["source"] = source_metrics.get("per_frame", {})
         plot_metrics(series, PLOT_METRICS, tmp / "metrics.png", title=context.get("title", ""))
@@ -232,5 +280,4 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return {name: out / name for name in ("table.md", "table.json", "side_by_side.mp4",
-                                          "contact_sheet.png", "metrics.png")}
+    return {path.name: path for path in sorted(out.iterdir())}

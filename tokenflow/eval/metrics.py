@@ -56,6 +56,7 @@ __all__ = [
     "video_flows",
     "warp",
     "warp_error",
+    "warp_residual",
 ]
 
 #: Canny thresholds for :func:`edge_agreement` (the same as the ``canny`` control extractor).
@@ -87,14 +88,25 @@ def warp_error(edited: np.ndarray, flows: Flows, pairs: Iterable[Sequence[int]])
     wanted = _pairs(pairs, len(edited))
     _need(flows, wanted)
     out = np.full(len(wanted), np.nan)
-    for i, (t, s) in enumerate(wanted):
-        mask = flows.valid[(t, s)]
-        if not mask.any():
-            continue
-        warped = warp(_unit(edited[s]), flows.forward[(t, s)])
-        err = ((_unit(edited[t]) - warped) ** 2).mean(-1)
-        out[i] = float(err[mask].mean())
+    for i, pair in enumerate(wanted):
+        mask = flows.valid[pair]
+        if mask.any():
+            out[i] = float(warp_residual(edited, flows, pair)[mask].mean())
     return out
+
+
+def warp_residual(edited: np.ndarray, flows: Flows, pair: Sequence[int]) -> np.ndarray:
+    """The map behind :func:`warp_error` for one pair ``(t, s)``: float32 ``(H, W)``, per pixel
+    of frame ``t`` the squared colour error (mean over RGB in [0, 1]) between ``edited[t]`` and
+    ``edited[s]`` warped back along the source's flow; NaN where the pixel is not valid
+    (occluded, or on a motion boundary). Where it is bright, the edit changed more than the
+    source's motion explains: flicker."""
+    (t, s), = _pairs([pair], len(edited))
+    _need(flows, [(t, s)])
+    warped = warp(_unit(edited[s]), flows.forward[(t, s)])
+    err = ((_unit(edited[t]) - warped) ** 2).mean(-1).astype(np.float32)
+    err[~flows.valid[(t, s)]] = np.nan
+    return err
 
 
 def flow_epe(flows_a: Flows, flows_b: Flows, pairs: Iterable[Sequence[int]]) -> np.ndarray:
