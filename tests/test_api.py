@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import tokenflow
@@ -73,6 +74,24 @@ def test_edit_errors_are_one_line_edit_errors(tf_tiny_model, tf_video, tmp_path:
     assert info.value.usage is usage
     assert "\n" not in str(info.value)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.zarr"))
+
+
+def test_invert_measures_the_reconstruction_without_the_padding(tf_tiny_model, tf_video,
+                                                                tmp_path: Path) -> None:
+    from tokenflow.editing.diffusion import psnr
+
+    result = tokenflow.invert(tf_video, model=tf_tiny_model, cache_dir=tmp_path / "cache",
+                              steps=3, inversion_steps=3, batch_size=4, size="64x40")
+    source = result.source
+    assert source.framing is not None and source.frames.shape[1:3] != (40, 64)  # padded
+    assert source.working.shape[1:3] == (40, 64)
+    clean = np.asarray(result.job.base.cache.open(result.results["inversion"].path)["x0"][...])
+    decoded = tf_tiny_model.decode_latents(torch.from_numpy(clean.astype(np.float32)))
+    cropped = psnr(source.crop(decoded), source.working)
+    padded = psnr(decoded, source.frames)
+    assert not np.allclose(cropped, padded)  # the padding changes the figure
+    assert result.psnr["vae_per_frame"] == pytest.approx(cropped.tolist())
+    assert len(result.psnr["per_frame"]) == len(source.working)
 
 
 def test_invert_runs_inversion_and_features_and_checks_the_reconstruction(

@@ -411,7 +411,7 @@ def invert(video, *, model=None, check: bool = True, cache_dir=None,
     if check:
         from tokenflow.editing.reconstruction import reconstruction_check
 
-        result.psnr = reconstruction_check(job, results)
+        result.psnr = reconstruction_check(job, results, crop=source.crop)
     return result
 
 
