@@ -147,6 +147,41 @@ def test_hub_id_resolved_from_local_cache(tf_tiny_model_dir: Path, tmp_path: Pat
         load_model("tiny-org/not-cached", device="cpu")
 
 
+def test_hub_download_fetches_the_checkpoints_tokenflow_json(tf_tiny_model_dir: Path,
+                                                             tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Hub repo's ``tokenflow.json`` (its suggested defaults and words) comes with the configs
+    when the repo is downloaded, as it does from a local directory."""
+    import fnmatch
+
+    import huggingface_hub
+
+    remote = _copy(tf_tiny_model_dir, tmp_path / "remote")
+    (remote / "tokenflow.json").write_text(json.dumps(
+        {"defaults": {"editor.guidance_scale": 4.0}, "vocabulary": {"words": ["a", "ball"]}}))
+    snapshot = tmp_path / "snapshot" / ("ab" * 20)
+    fetched: list[list[str]] = []
+
+    def snapshot_download(repo_id, *, allow_patterns, local_files_only=False, **_):
+        """The Hub's behaviour that matters here: only files matching ``allow_patterns`` arrive."""
+        if local_files_only:
+            raise FileNotFoundError("not in the local cache")
+        fetched.append(list(allow_patterns))
+        for path in remote.rglob("*"):
+            name = path.relative_to(remote).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, snapshot / name)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    m = load_model("tiny-org/with-extras", device="cpu")
+    assert len(fetched) == 2  # the configs first (checked), then the weights
+    assert (snapshot / "tokenflow.json").is_file()
+    assert m.defaults.get("editor.guidance_scale") == 4.0
+    assert m.vocabulary is not None and m.vocabulary.words == {"a", "ball"}
+
+
 # --------------------------------------------------------------------------------------------- keys
 
 

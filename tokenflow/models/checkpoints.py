@@ -31,13 +31,15 @@ SD_SCHEDULER_CONFIG: dict[str, Any] = {
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # (subfolder, weights file stem) of the components whose weights are loaded.
 WEIGHTS = (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("text_encoder", "model"))
-HUB_CONFIG_FILES = ["model_index.json", "scheduler/*.json", "tokenizer/*"] + [f"{s}/config.json" for s, _ in WEIGHTS]
-HUB_WEIGHT_FILES = [p for s, stem in WEIGHTS for p in (f"{s}/{stem}.safetensors*", f"{s}/{stem}-*.safetensors")]
-#: Where the trained embedded default model ships (package data; ``python -m tokenflow.embedded.train export``).
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
 #: A checkpoint's own settings for tokenflow, beside ``model_index.json``: ``label`` and
 #: ``defaults`` (suggested stage parameters, ``{"kind.param": value}``).
 EXTRAS_FILE = "tokenflow.json"
+#: What a Hub download fetches first (the configs, checked before any weights) and then.
+HUB_CONFIG_FILES = (["model_index.json", EXTRAS_FILE, "scheduler/*.json", "tokenizer/*"]
+                    + [f"{s}/config.json" for s, _ in WEIGHTS])
+HUB_WEIGHT_FILES = [p for s, stem in WEIGHTS for p in (f"{s}/{stem}.safetensors*", f"{s}/{stem}-*.safetensors")]
+#: Where the trained embedded default model ships (package data; ``python -m tokenflow.embedded.train export``).
+EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "embedded"
 
 
 def read_json(path: Path) -> dict[str, Any]:
