@@ -239,7 +239,7 @@ CASES = [
          lambda w, t: {"settings": [*SETTINGS[:-1], "64x64"]}),
     Case("bad-output-size", 2, "Error:", ("--output-size", "'huge'", "source, working, S or WxH"),
          lambda w, t: {"extra": ["--output-size", "huge"]}),
-    Case("absurd-size", 1, "Error:", ("--size 100000", "memory", "TB"),
+    Case("absurd-size", 1, "Error:", ("--size 100000", "memory", "TiB"),
          lambda w, t: {"settings": [*SETTINGS[:-1], "100000"]}),
     Case("zero-size", 2, "Error:", ("--size", "positive"),
          lambda w, t: {"settings": [*SETTINGS[:-1], "0"]}),

@@ -832,7 +832,7 @@ def test_the_plan_line_says_what_is_reused_resumed_and_computed(tmp_path: Path) 
     Progress(cache.progress_path(partial), keys["blender"]).mark("step:0", "step:1")
     line = plan_line(job, ["features", "editor", "blender"], 3 * 2**20)
     assert line == ("stage cache: reusing inversion; resuming blender (left partly done by an "
-                    "interrupted run); computing features, editor; up to 3.0 MB to write to "
+                    "interrupted run); computing features, editor; up to 3.0 MiB to write to "
                     f"{tmp_path / 'cache'}{os.sep}")
     assert cache.partial_units("blender", "tokenflow", keys["blender"]) == 2
     # progress of another key (a stale file) is not a resume

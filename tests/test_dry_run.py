@@ -59,7 +59,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(world: CliWorld, tmp_path: P
              "correspondence": "nn", "editor": "pnp", "blender": "tokenflow"}
     for kind, line in stages.items():
         assert re.fullmatch(rf"{kind} {names[kind]} v\d+ \[[0-9a-f]{{16}}\]: to compute, up to "
-                            r"[\d.]+ [KM]?B, [\d,]+ UNet frame-evaluations", line), line
+                            r"[\d.]+ (?:B|[KM]iB), [\d,]+ UNet frame-evaluations", line), line
     for line in ['    prompt = "a blue ball"  (flag)',              # --prompt
                  '    guidance_scale = 3.0  (model)',               # tokenflow.json
                  '    prompt = "a square"  (model)',                # inversion.prompt, suggested

@@ -396,6 +396,22 @@ def test_lifecycle_hooks_see_every_stage_in_order(tf_register, tf_plugin_manager
     assert observer.wrapped == [(kind, True) for kind in KINDS if kind != EDITOR]
     assert all(r.cached for r in results.values())
 
+    # the loop writes the editor's and the blender's stores together: with only the blender's
+    # gone, both are computed again, and the plan says so (not "reusing editor")
+    import shutil
+
+    from tokenflow.plan_report import describe_job
+    from tokenflow.preflight import plan_line
+
+    blender = again.stages[BLENDER]
+    shutil.rmtree(again.base.cache.path(BLENDER, blender.name, again.keys[BLENDER]))
+    third = make_job(tf_plugin_manager, tf_tiny_model, frames, cache=cache, **RUN)
+    assert third.pending() == [EDITOR, BLENDER]
+    line = plan_line(third, third.pending(), 0)
+    assert f"computing {EDITOR}, {BLENDER}" in line and EDITOR not in line.split(";")[0]
+    status = {s.kind: s.status for s in describe_job(third).stages}
+    assert status[EDITOR] == status[BLENDER] != status[INVERSION]
+
 
 def _expected_events(job, *, complete: bool, cached: bool) -> list[tuple]:
     """before/after per stage; the editing loop's two stages are announced together."""

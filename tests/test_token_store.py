@@ -171,7 +171,7 @@ def test_a_run_over_the_cache_budget_says_what_shrinks_it(tf_tiny_model, tf_vide
     tokenflow.invert(tf_video, model=tf_tiny_model, steps=2,
                      inversion_steps=2, cache_dir=tmp_path / "a", check=False,
                      cache_budget="1K", log=lines.append)
-    assert any("over the --cache-budget of 1.0 KB" in line and "features.store_tokens false"
+    assert any("over the --cache-budget of 1.0 KiB" in line and "features.store_tokens false"
                in line for line in lines)
     lines.clear()
     tokenflow.invert(tf_video, model=tf_tiny_model, steps=2,
@@ -186,3 +186,14 @@ def test_a_bad_cache_budget_is_a_usage_error(tf_tiny_model, tf_video, tmp_path) 
         tokenflow.invert(tf_video, model=tf_tiny_model, steps=2,
                          inversion_steps=2, cache_dir=tmp_path, check=False, cache_budget="lots")
     assert err.value.usage
+
+
+def test_sizes_are_printed_in_the_binary_units_the_budget_reads() -> None:
+    from tokenflow.preflight import human_bytes, parse_bytes
+
+    assert human_bytes(512) == "512 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(16 * 2**30) == "16.0 GiB"
+    assert human_bytes(3 * 2**50) == "3072.0 TiB"
+    for n in (2**20, 5 * 2**30, 7 * 2**40):  # what a run prints, given back as a budget
+        assert parse_bytes(human_bytes(n)) == n

@@ -105,30 +105,27 @@ class RunPlan:
         return out
 
 
-def _status(job, kind: str, stage) -> str:
-    cache = job.base.cache
+def _status(job, kind: str, stage, pending: list[str]) -> str:
+    if kind not in pending:
+        return CACHED
     if kind == EDITOR and BLENDER in job.stages:  # the loop writes both or neither
         kind, stage = BLENDER, job.stages[BLENDER]
-    key = job.keys[kind]
-    if cache.lookup(kind, stage.name, key) is not None and (
-            kind != BLENDER or EDITOR not in job.stages
-            or cache.lookup(EDITOR, job.stages[EDITOR].name, job.keys[EDITOR]) is not None):
-        return CACHED
     # a partial store with nothing marked done is discarded by the writer, not resumed
-    return RESUME if cache.partial_units(kind, stage.name, key) > 0 else COMPUTE
+    return RESUME if job.base.cache.partial_units(kind, stage.name, job.keys[kind]) > 0 else COMPUTE
 
 
 def describe_job(job, out: Path | None = None) -> RunPlan:
     """The :class:`RunPlan` of a planned :class:`tokenflow.run.Job` (nothing is computed)."""
     ctx = job.base
     stages = []
+    pending = job.pending()
     for kind, stage in job.stages.items():
         estimate = getattr(stage, "estimate_bytes", None)
         counter = getattr(stage, "frame_evaluations", None)
         evals = counter(ctx) if counter is not None else None
         stages.append(StagePlan(
             kind=kind, name=stage.name, version=stage.version, key=job.keys[kind],
-            status=_status(job, kind, stage), params=_plain(stage.params),
+            status=_status(job, kind, stage, pending), params=_plain(stage.params),
             sources=dict(job.sources.get(kind, {})),
             bytes=int(estimate(ctx)) if estimate is not None else 0,
             frame_evaluations=None if evals is None else int(evals)))

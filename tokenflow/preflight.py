@@ -28,12 +28,12 @@ class EditError(Exception):
 
 
 def human_bytes(n: float) -> str:
-    """``1.5 GB``-style size."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
+    """``1.5 GiB``-style size, in binary units (as :func:`parse_bytes` reads them)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TB"
+    return f"{n:.1f} TiB"
 
 
 def parse_bytes(text: str) -> int:

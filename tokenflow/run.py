@@ -91,10 +91,16 @@ class Job:
     sources: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def pending(self) -> list[str]:
-        """Kinds whose store is not in the cache yet."""
+        """Kinds whose store is not in the cache yet, in stage order. The editing loop writes the
+        editor's and the blender's stores together, so when both are planned and either is
+        missing, both are pending (the loop computes both again)."""
         cache = self.base.cache
-        return [k for k, s in self.stages.items()
-                if cache.lookup(k, s.name, self.keys[k]) is None]
+        missing = {k for k, s in self.stages.items()
+                   if cache.lookup(k, s.name, self.keys[k]) is None}
+        loop = {EDITOR, BLENDER}
+        if loop <= set(self.stages) and missing & loop:
+            missing |= loop
+        return [k for k in self.stages if k in missing]
 
     def estimate_bytes(self) -> int:
         """Bytes the pending stages will write."""
