@@ -154,6 +154,29 @@ def test_compare_writes_every_output(compared) -> None:
     assert compared["result"].stdout.strip().splitlines()[-1] == str(out)
 
 
+def test_compare_output_size_resizes_what_is_shown_not_what_is_measured(compared, tmp_path) -> None:
+    out = tmp_path / "big"
+    result = _invoke("compare", compared["clip"], "--prompt", "a blue ball", "--editor", "pnp",
+                     "--editor", "pnp-frames", "--editor", "sdedit strength=0.5",
+                     "--output-size", "160x200", "--out", out, *compared["common"],
+                     env=compared["env"])
+    assert result.exit_code == 0, result.output
+    video = read_video(out / "side_by_side.mp4").frames
+    assert video.shape[2] == 4 * 160  # 200 tall: no enlargement
+    assert Image.open(out / "contact_sheet.png").size[1] == 4 * 200 + FOOTER
+    assert Image.open(out / "flicker_sheet.png").size == (LABEL_WIDTH + 5 * 160,
+                                                          2 * 4 * 200 + FOOTER)
+    doc = json.loads((out / "table.json").read_text())
+    first = json.loads((compared["out"] / "table.json").read_text())
+    assert doc["output_size"] == {"width": 160, "height": 200, "as": "160x200"}
+    assert [m["metrics"]["aggregate"] for m in doc["methods"]] == \
+        [m["metrics"]["aggregate"] for m in first["methods"]]  # cached edits, same metrics
+    bad = _invoke("compare", compared["clip"], "--prompt", "a blue ball", "--output-size", "0x5",
+                  "--out", tmp_path / "bad", *compared["common"], env=compared["env"])
+    assert bad.exit_code == 2 and "--output-size" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_compare_shares_the_cache(compared) -> None:
     doc = json.loads((compared["out"] / "table.json").read_text())
     keys = [m["keys"] for m in doc["methods"]]

@@ -133,9 +133,12 @@ def invert(video, check, as_json, model, revision, device, dtype, inversion_prom
               type=click.Choice(["dis", "farneback"]), help="Optical flow estimator (OpenCV).")
 @click.option("--long-range", default=4, show_default=True, type=click.IntRange(1),
               help="k of the long-range warp error.")
+@click.option("--output-size", default="working", show_default=True, callback=output_size_option,
+              help="Size of the frames in the videos and sheets: working (as edited), source, a "
+                   "short side S, or WxH. The metrics are measured at the working size.")
 @common_input_options
 def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, overwrite,
-            scorer_names, clip, flow_method, long_range, model, revision, device, dtype,
+            scorer_names, clip, flow_method, long_range, output_size, model, revision, device, dtype,
             inversion_prompt, steps, inversion_steps, batch_size, n_frames, stride, size,
             unet_batch, cache_dir, cache_budget, options, stage_choices, quiet):
     """Run several editors or settings on VIDEO (one shared cache) and compare them.
@@ -144,7 +147,8 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
     source's own as the floor), side_by_side.mp4 (source | each edit, labelled),
     contact_sheet.png (rows = methods, columns = evenly spaced frames), flicker_sheet.png
     (consecutive frames of each method, each over its change to the next frame beyond the
-    source's motion: bright where it flickers) and metrics.png.
+    source's motion: bright where it flickers) and metrics.png. The metrics are measured at the
+    working size; --output-size resizes only the frames shown.
     """
     from tokenflow.arguments import check_size, check_video
     from tokenflow.eval.compare import evaluate_edit, parse_method, run_methods, write_comparison
@@ -203,12 +207,17 @@ def compare(video, prompt, methods, negative_prompt, guidance, seed, out_dir, ov
         r.metrics = evaluate_edit(frames, r.frames, prompt=prompt, scorers=scorers,
                                   flow_method=flow_method, long_range=long_range,
                                   source_flows=flows)
+    from tokenflow.outputs import output_entry, say_output_size
+
+    output = output_entry(source, output_size)
+    say_output_size(source, output, logger(quiet))
     title = f"{Path(video).name}: {prompt!r} ({len(frames)} frames, {steps} steps, {loaded.model_id})"
     written = write_comparison(out, frames, float(clip_video.fps), results, source_doc,
                                context={"title": title, "video": str(video), "prompt": prompt,
                                         "model": loaded.model_id, "frames": int(len(frames)),
                                         "steps": steps, "flow": flow_method,
-                                        "long_range": long_range}, flows=flows)
+                                        "long_range": long_range, "output_size": output},
+                               flows=flows, size=(output["height"], output["width"]))
     if not quiet:
         from tokenflow.eval.compare import BELOW_LEGEND, BELOW_MARK
 

@@ -233,18 +233,20 @@ def flicker_rows(source: np.ndarray, videos: list[tuple[str, np.ndarray]], flows
 
 
 def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[MethodResult],
-                     source_metrics: dict, *, context: dict, flows=None) -> dict[str, Path]:
+                     source_metrics: dict, *, context: dict, flows=None,
+                     size: tuple[int, int] | None = None) -> dict[str, Path]:
     """Write table.md, table.json, side_by_side.mp4, contact_sheet.png, metrics.png and, given
     the source's ``flows`` for the pairs ``(t, t+1)`` of a clip of at least two frames,
     flicker_sheet.png (:func:`flicker_rows`) into ``out`` (built aside, then renamed into
-    place)."""
+    place). ``size``: ``(height, width)`` of the frames shown in the video and the sheets
+    (default: as given; the residuals are computed before resizing)."""
     import shutil
     import uuid
 
     from tokenflow.eval.figures import plot_metrics
     from tokenflow.frame_figures import contact_sheet, labelled_side_by_side
     from tokenflow.outputs import replace_dir
-    from tokenflow.video import write_png, write_video
+    from tokenflow.video import resize_frames, write_png, write_video
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -268,11 +270,16 @@ def write_comparison(out: Path, source: np.ndarray, fps: float, results: list[Me
                             "metrics": r.metrics} for r in results]}
         (tmp / "table.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
         videos = [("source", source), *[(r.method.label, r.frames) for r in results]]
-        write_video(tmp / "side_by_side.mp4", labelled_side_by_side(videos), fps)
-        write_png(tmp / "contact_sheet.png", contact_sheet(videos, 6))
+
+        def shown(rows: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+            return rows if size is None else [(label, resize_frames(v, *size)) for label, v in rows]
+
+        write_video(tmp / "side_by_side.mp4", labelled_side_by_side(shown(videos)), fps)
+        write_png(tmp / "contact_sheet.png", contact_sheet(shown(videos), 6))
         if flows is not None and len(source) > 1:
             rows, picks = flicker_rows(source, videos[1:], flows)
-            write_png(tmp / "flicker_sheet.png", contact_sheet(rows, len(picks), numbers=picks))
+            write_png(tmp / "flicker_sheet.png",
+                      contact_sheet(shown(rows), len(picks), numbers=picks))
         series = {r.method.label: r.metrics.get("per_frame", {}) for r in results}
         series["source"] = source_metrics.get("per_frame", {})
         plot_metrics(series, PLOT_METRICS, tmp / "metrics.png", title=context.get("title", ""))
