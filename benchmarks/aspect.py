@@ -1,24 +1,24 @@
 """How the working size's design shows in the result: clips of another aspect than the UNet's
 grid, edited by the embedded model, measured at the source's size.
 
-    python benchmarks/aspect.py [--clips ball-16x9,sky-16x9,ball-4x3] [--designs stretch,centre,pad]
+    python benchmarks/aspect.py [--clips ball-16x9,wall-16x9,ball-9x16] [--designs stretch,centre,pad]
                                 [--frames 12]
 
-Clips: tokenflow's world rendered at 256x144 (16:9) or 192x144 (4:3), one ball moving (its
-caption as the inversion prompt, its colour changed by the prompt). Designs, in this process
-(``tokenflow.edit``, the embedded model's defaults, one torch thread):
+Clips: tokenflow's world (v2) rendered at 256x144 (16:9) or 144x256 (9:16), one ball moving
+along the long side (its caption as the inversion prompt, its colour changed by the prompt).
+Designs, in this process (``tokenflow.edit``, the embedded model's defaults, one torch thread):
 
-* ``stretch``: each side rounded to the nearest multiple of 64 (the code before issue 12): the
-  frames are resized to 128x64 (16:9) or 64x64 (4:3) and the outputs, at the source's size,
-  resized back;
+* ``stretch``: each side rounded to the nearest multiple of the UNet's (``Model.size_multiple``;
+  the code before issue 12): the frames are resized to the rounded canvas and the outputs, at the
+  source's size, resized back;
 * ``centre``: the frames padded to the next multiples by mirroring, centred on the canvas;
 * ``pad``: this checkout's ``tokenflow.sizes.Framing``: padded to the right and below.
 
-Per clip and design: the canvas the UNet saw, the ball's width / height in the edit over the
-same in the source (1.000: round stays round; the largest connected object of
-``tokenflow.embedded.world.object_mask``), the share of the outer 16 px columns holding other
-object pixels (what the model drew at the frame's edges; 0 in the sources), how many frames
-have the asked colour, and the seconds. Prints one Markdown table.
+Per clip and design: the canvas the UNet saw, the ball's extent along the long side over its
+extent across it, in the edit over the same in the source (1.000: round stays round; the largest
+object of ``tokenflow.world.object_masks``), the share of the outer 16 px at both ends of the
+long side holding other object pixels (what the model drew at the frame's ends; 0 in the
+sources), how many frames have the asked colour, and the seconds. Prints one Markdown table.
 """
 
 from __future__ import annotations
@@ -31,23 +31,37 @@ from pathlib import Path
 
 import numpy as np
 
-CLIPS = {"ball-16x9": ("checkered floor", "red", "blue", 144, 256),
-         "sky-16x9": ("sky", "orange", "purple", 144, 256),
-         "ball-4x3": ("checkered floor", "red", "blue", 144, 192)}
+#: name: (background, colour, target colour, height, width)
+CLIPS = {"ball-16x9": ("tiles", "red", "blue", 144, 256),
+         "wall-16x9": ("wall", "orange", "purple", 144, 256),
+         "ball-9x16": ("tiles", "red", "blue", 256, 144)}
 DESIGNS = ("stretch", "centre", "pad")
+RADIUS = 0.24
+
+
+def scene_of(name: str, colour: str | None = None):
+    from tokenflow import world
+
+    background, source_colour, *_ = CLIPS[name]
+    return world.Scene(background, (world.Thing("ball", colour or source_colour, radius=RADIUS),))
 
 
 def render_clip(name: str, n: int) -> np.ndarray:
-    from tokenflow.embedded.world import Scene, Thing, render
+    """The ball crossing the frame along its long side, ``RADIUS`` + 0.16 from each end (world
+    units: the short side is 1, the origin at the frame's centre)."""
+    from tokenflow import world
 
-    background, colour, _, height, width = CLIPS[name]
-    scene = Scene(background, (Thing("ball", colour, cx=0.4, cy=0.5, radius=0.24),), cell=8)
-    span = width / height - 0.8  # in units of the short side, as the world measures
-    return np.stack([render(scene.with_thing(0, cx=0.4 + span * i / max(1, n - 1)), height,
-                            width)[0] for i in range(n)])
+    *_, height, width = CLIPS[name]
+    half = max(height, width) / min(height, width) / 2 - RADIUS - 0.16
+    frames = []
+    for i in range(n):
+        at = -half + 2 * half * i / max(1, n - 1)
+        move = {"x": at} if width >= height else {"y": at}
+        frames.append(world.render(scene_of(name).with_thing(0, **move), height, width)[0])
+    return np.stack(frames)
 
 
-def use_design(design: str, original: tuple) -> None:
+def use_design(design: str, original: tuple, multiple: int) -> None:
     """Make ``tokenflow.api.prepare`` size frames as ``design`` does (it imports these module
     attributes at each call); ``original``: this checkout's (working_size, pad, crop)."""
     import tokenflow.sizes as sizes
@@ -58,7 +72,8 @@ def use_design(design: str, original: tuple) -> None:
 
         def rounded(height, width, size, *, native):
             h, w = exact(height, width, size, native=native)
-            return tuple(max(64, int(np.floor(s / 64 + 0.5)) * 64) for s in (h, w))
+            return tuple(max(multiple, int(np.floor(s / multiple + 0.5)) * multiple)
+                         for s in (h, w))
 
         sizes.working_size = rounded
     elif design == "centre":
@@ -78,21 +93,22 @@ def use_design(design: str, original: tuple) -> None:
 
 
 def ball_shape(frame: np.ndarray) -> tuple[float, float]:
-    """The largest object's width / height, and the share of the outer 16 px columns holding
-    other object pixels."""
-    import cv2
+    """The largest object's extent along the frame's long side over its extent across it, and
+    the share of the outer 16 px at both ends of the long side holding other object pixels."""
+    from tokenflow import world
 
-    from tokenflow.embedded.world import object_mask
-
-    mask = object_mask(frame).astype(np.uint8)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
-    if count < 2:
+    masks = world.object_masks(frame)
+    if not masks:
         return float("nan"), 0.0
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    ratio = stats[largest, cv2.CC_STAT_WIDTH] / stats[largest, cv2.CC_STAT_HEIGHT]
-    stray = (mask > 0) & (labels != largest)
-    edges = np.r_[0:16, frame.shape[1] - 16:frame.shape[1]]
-    return float(ratio), float(stray[:, edges].mean())
+    ys, xs = np.nonzero(masks[0])
+    height, width = frame.shape[:2]
+    along, across = (xs, ys) if width >= height else (ys, xs)
+    ratio = (np.ptp(along) + 1) / (np.ptp(across) + 1)
+    stray = world.object_mask(frame) & ~masks[0]
+    if width < height:
+        stray = stray.T
+    ends = np.r_[0:16, stray.shape[1] - 16:stray.shape[1]]
+    return float(ratio), float(stray[:, ends].mean())
 
 
 def main() -> None:
@@ -107,34 +123,35 @@ def main() -> None:
     torch.set_num_threads(1)
     import tokenflow
     import tokenflow.sizes as sizes
-    from tokenflow.embedded.world import object_colour
+    from tokenflow.models import load_model
     from tokenflow.video import read_video
 
     original = (sizes.working_size, sizes.Framing.pad, sizes.Framing.crop)
+    multiple = load_model(None).size_multiple
 
-    print("| clip | design | canvas | ball w/h, edit / source | edge columns with stray "
+    print("| clip | design | canvas | ball long/short extent, edit / source | ends with stray "
           "object pixels | frames of the asked colour | seconds |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="tf-aspect-") as tmp:
         for design in args.designs.split(","):
-            use_design(design, original)
+            use_design(design, original, multiple)
             for name in args.clips.split(","):
-                background, colour, target, *_ = CLIPS[name]
+                target = CLIPS[name][2]
                 frames = render_clip(name, args.frames)
                 source_ratio = np.median([ball_shape(f)[0] for f in frames])
                 start = time.perf_counter()
                 out = Path(tmp) / f"{design}-{name}"
                 result = tokenflow.edit(
                     frames_video(frames, Path(tmp) / name), out=out,
-                    inversion_prompt=f"a {colour} ball on {article(background)}",
-                    prompt=f"a {target} ball on {article(background)}",
+                    inversion_prompt=scene_of(name).caption(),
+                    prompt=scene_of(name, target).caption(),
                     cache_dir=Path(tmp) / f"cache-{design}")
                 seconds = time.perf_counter() - start
                 edited = read_video(out / "frames").frames
                 shapes = [ball_shape(f) for f in edited]
                 ratio = np.nanmedian([r for r, _ in shapes]) / source_ratio
                 stray = np.mean([s for _, s in shapes])
-                hits = sum(object_colour(f) == target for f in edited)
+                hits = sum(tokenflow.world.object_colour(f) == target for f in edited)
                 canvas = result.record["canvas"]
                 print(f"| {name} | {design} | {canvas['width']}x{canvas['height']} | "
                       f"{ratio:.3f} | {stray:.2%} | {hits}/{len(edited)} | {seconds:.0f} |",
@@ -147,10 +164,6 @@ def frames_video(frames: np.ndarray, folder: Path) -> Path:
     if not folder.exists():
         write_frames(folder, frames)
     return folder
-
-
-def article(background: str) -> str:
-    return background if background == "sky" else f"a {background}"
 
 
 if __name__ == "__main__":

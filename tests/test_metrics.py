@@ -34,7 +34,7 @@ from tokenflow.eval.metrics import (
     warp_residual,
 )
 from tokenflow.video import VideoError, read_video, resize_frames
-from tokenflow.embedded.world import Scene, Thing, render
+from tokenflow.embedded.world2 import Scene, Thing, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,9 +72,9 @@ def _pairs(n: int, k: int = 4) -> list[tuple[int, int]]:
 
 
 def _ball_clip(n: int = 6, size: int = 64) -> np.ndarray:
-    """A red ball rolling on a checkered floor (edges for Canny)."""
-    base = Scene("checkered floor", (Thing("ball", "red", cx=0.3, cy=0.5, radius=0.22),), cell=8)
-    return np.stack([render(base.with_thing(0, cx=0.3 + 0.05 * i), size, size)[0] for i in range(n)])
+    """A red ball rolling over tiles (their grout lines and the ball's outline: edges for Canny)."""
+    base = Scene("tiles", (Thing("ball", "red", x=-0.2, y=0.0, radius=0.22),))
+    return np.stack([render(base.with_thing(0, x=-0.2 + 0.05 * i), size, size)[0] for i in range(n)])
 
 
 @pytest.fixture(scope="module")

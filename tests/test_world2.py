@@ -21,6 +21,7 @@ from tokenflow.embedded.world2 import (
 )
 from tokenflow.embedded.world2_checks import (
     background_kind,
+    mask_iou,
     measure_checks,
     object_masks,
     read_frame,
@@ -178,12 +179,21 @@ def test_captions_and_vocabulary(tmp_path) -> None:
 def test_object_colour_reads_by_this_worlds_saturation_rule() -> None:
     """Pixels at saturation 0.5 (wood's grain after H.264 at 64 px reaches it) are background here,
     though world v1's rule (>= 0.45) took them for an object."""
-    from tokenflow.embedded.world import object_colour as v1_colour
-    from tokenflow.embedded.world2_checks import object_colour
+    from tokenflow.embedded.world2_checks import object_colour, object_mask
 
     image = np.empty((64, 64, 3), np.uint8)
     image[...] = (150, 105, 75)  # hue 24, saturation 0.5, value 0.59
     yy, xx = np.mgrid[:64, :64]
-    image[(yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2] = (40, 80, 230)  # a blue disk
-    assert object_colour(image) == "blue"
-    assert v1_colour(image) != "blue"  # what the rule changes
+    disk = (yy - 32) ** 2 + (xx - 32) ** 2 <= 10 ** 2
+    image[disk] = (40, 80, 230)  # a blue disk
+    assert np.array_equal(object_mask(image), disk) and object_colour(image) == "blue"
+    # world v1's bound keeps every pixel here, and the wood's hue wins
+    assert object_colour(image, np.ones((64, 64), bool)) == "orange"
+
+
+def test_mask_iou() -> None:
+    a = np.zeros((4, 4), bool)
+    b = np.zeros((4, 4), bool)
+    a[:2], b[1:3] = True, True
+    assert mask_iou(a, b) == pytest.approx(4 / 12)
+    assert mask_iou(a, a) == 1.0 and mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0

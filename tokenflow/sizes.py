@@ -3,13 +3,13 @@ sees (:class:`Framing`: padded to the multiples it needs, cropped back after dec
 outputs' size, and parsing ``--size`` / ``--output-size``.
 
 Why padding rather than rounding each side to the UNet's multiple (``Model.size_multiple``, 64
-for Stable Diffusion and the embedded model): rounding stretches every frame whose aspect is not
-a ratio of multiples of 64 (16:9 at the embedded model's short side 64 became 128x64, 2:1, a
+for Stable Diffusion, 32 for the embedded model): rounding stretches every frame whose aspect is
+not a ratio of multiples (16:9 at the first embedded model's short side 64 became 128x64, 2:1, a
 12 % stretch), and resizing the result back does not undo it, since the model redraws what it
 knows in its own proportions (docs/benchmarks.md, "Aspect ratio"); padding keeps the aspect to
 the pixel. It costs the padded pixels, less than one multiple per side: SD at 512 pads 16:9
-910x512 to 960x512 (+5 % pixels), 4:3 683x512 to 704x512 (+3 %); the embedded model pads 114x64
-to 128x64 (+12 %, the stretch's canvas too)."""
+910x512 to 960x512 (+5 % pixels), 4:3 683x512 to 704x512 (+3 %); the embedded model pads 171x96
+to 192x96 (+12 %)."""
 
 from __future__ import annotations
 

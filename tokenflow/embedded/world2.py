@@ -1,5 +1,6 @@
-"""World v2 of the embedded model (in progress, issue 13): textured, shaded objects on textured
-backgrounds, filmed by a moving camera, in frames of any aspect ratio from 1:2 to 2:1.
+"""The embedded model's world (v2, issue 13; the first model's flat-shaded world v1 is in the
+history of this repository): textured, shaded objects on textured backgrounds, filmed by a moving
+camera, in frames of any aspect ratio from 1:2 to 2:1.
 
 Coordinates are in units of the frame's short side, with the origin at the centre of the first
 frame; a :class:`Camera` looks at ``(x, y)`` with a ``zoom``. Objects carry a texture (stripes,
@@ -11,8 +12,7 @@ alone. The geometry is exact and public: :meth:`Camera.to_world` and :meth:`Came
 :meth:`Thing.local` and :meth:`Thing.world`, :meth:`Scene.owner` (which object is seen at a point),
 so a clip's true optical flow can be computed (``examples/motion_clips.py``).
 
-As in :mod:`tokenflow.embedded.world`, every background is unsaturated and every object saturated,
-so the checks of :mod:`tokenflow.embedded.world2_checks` read a frame by rules, with no learned
+Every background is unsaturated and every object saturated, so the checks of :mod:`tokenflow.embedded.world2_checks` read a frame by rules, with no learned
 model.
 """
 
@@ -22,12 +22,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from tokenflow.embedded.world import COLOURS, SHAPES
-from tokenflow.embedded.world import thing_words
 
 __all__ = ["COLOURS", "SHAPES", "TEXTURES", "BACKGROUNDS", "WORDS", "Thing", "Scene", "Camera",
            "Clip", "random_scene", "random_clip", "render"]
 
+#: Object colours and their hue in degrees.
+COLOURS: dict[str, float] = {"red": 0.0, "orange": 28.0, "yellow": 54.0, "green": 125.0,
+                             "blue": 222.0, "purple": 282.0}
+SHAPES: tuple[str, ...] = ("ball", "box", "triangle")
 #: Textures as caption words; "plain" adds no word.
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered", "ringed")
 #: Backgrounds as caption words ("wall" is the plain one).
@@ -81,6 +83,11 @@ class Thing:
     def contains(self, x, y) -> np.ndarray:
         """True at the world points inside the object's shape."""
         return _shape_mask(self, *self.local(x, y))
+
+
+def thing_words(colour: str, texture: str, shape: str) -> str:
+    """An object's words in a caption: ``a red [striped] ball`` ("plain" adds no word)."""
+    return f"a {colour} {'' if texture == 'plain' else texture + ' '}{shape}"
 
 
 @dataclass(frozen=True)

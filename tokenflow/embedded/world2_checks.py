@@ -8,15 +8,32 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tokenflow.embedded.world import _hsv_image, mask_iou
-from tokenflow.embedded.world import object_colour as _mean_hue_colour
-from tokenflow.embedded.world2 import MIN_PERIOD, random_clip
+from tokenflow.embedded.world2 import COLOURS, MIN_PERIOD, random_clip
 
 __all__ = ["object_mask", "object_masks", "texture_kind", "background_kind", "read_frame",
            "measure_checks", "mask_iou", "object_colour", "CHECK_SIZES"]
 
 SATURATION_MIN = 0.55  # objects are drawn at >= 0.8, backgrounds at <= 0.42
 VALUE_MIN = 0.1
+
+
+def _hsv_image(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue (degrees), saturation and value of a uint8 RGB image, each in an array of its shape."""
+    x = image.astype(np.float32) / 255
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    mx, mn = x.max(-1), x.min(-1)
+    delta = mx - mn
+    sat = np.where(mx > 0, delta / np.maximum(mx, 1e-6), 0)
+    safe = np.maximum(delta, 1e-6)
+    hue = np.where(mx == r, ((g - b) / safe) % 6, np.where(mx == g, (b - r) / safe + 2,
+                                                          (r - g) / safe + 4)) * 60
+    return hue, sat, mx
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def object_mask(image: np.ndarray) -> np.ndarray:
@@ -28,9 +45,14 @@ def object_mask(image: np.ndarray) -> np.ndarray:
 def object_colour(image: np.ndarray, mask: np.ndarray | None = None, min_pixels: int = 12
                   ) -> str | None:
     """The colour name nearest the circular mean hue of the object's pixels: ``mask``, by default
-    :func:`object_mask` (this world's rule: world v1's lower saturation bound takes the grain of
-    wood, H.264-compressed, for an object)."""
-    return _mean_hue_colour(image, object_mask(image) if mask is None else mask, min_pixels)
+    :func:`object_mask`; ``None`` under ``min_pixels`` pixels."""
+    mask = object_mask(image) if mask is None else mask
+    if mask.sum() < min_pixels:
+        return None
+    hue, _, _ = _hsv_image(image)
+    angles = np.deg2rad(hue[mask])
+    mean = np.rad2deg(np.arctan2(np.sin(angles).mean(), np.cos(angles).mean())) % 360
+    return min(COLOURS, key=lambda c: min(abs(mean - COLOURS[c]), 360 - abs(mean - COLOURS[c])))
 
 
 def object_masks(image: np.ndarray, min_pixels: int = 30) -> list[np.ndarray]:

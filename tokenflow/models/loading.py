@@ -119,7 +119,7 @@ class Model:
     def size_multiple(self) -> int:
         """What frame sides must be multiples of (pixels): one latent cell times the UNet's
         downsampling, ``vae_scale_factor * 2 ** (down blocks - 1)`` (every down block but the
-        last halves the latents): 64 for Stable Diffusion and the embedded model."""
+        last halves the latents): 64 for Stable Diffusion, 32 for the embedded model (three levels)."""
         return self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
 
     @property
