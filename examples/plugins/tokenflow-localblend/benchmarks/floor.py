@@ -15,7 +15,6 @@ ball as the rules of ``tokenflow.world`` read them. One Markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[4]
-SOURCE = "a red ball on wood"
 TARGETS = ("a blue ball on sand", "a blue checkered ball on sand")
 
 
@@ -34,23 +32,17 @@ def main() -> None:
     parser.add_argument("--mask-from", default=None, help="localblend's mask_from (default: its default)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from embedded import SOURCE, edit, setup  # this folder (the script's own, on sys.path)
+
+    pm, model = setup(args.threads)
     import torch
     import torch.nn.functional as F
     import zarr
 
-    torch.set_num_threads(args.threads)
-    import tokenflow_localblend.editor as plugin
-    from tokenflow import load_model, world
-    from tokenflow.manager import make_plugin_manager
+    from tokenflow import world
     from tokenflow.sizes import working_size
-    from tokenflow.testing import make_job
     from tokenflow.video import read_video, resize_frames
 
-    pm = make_plugin_manager()
-    if not pm.is_registered(plugin):
-        pm.register(plugin, name="tokenflow_localblend.editor")
-    model = load_model(None, device="cpu")
     clip = read_video(ROOT / "examples" / "clips" / "rolling_ball.mp4").frames[:args.frames]
     frames = resize_frames(clip, *working_size(*clip.shape[1:3], None, native=model.native_size))
     balls = np.stack([world.object_masks(f)[0] for f in frames])
@@ -83,11 +75,7 @@ def main() -> None:
                 options = [("editor.words", "ball")] if editor == "localblend" else []
                 if editor == "localblend" and args.mask_from:
                     options.append(("editor.mask_from", args.mask_from))
-                job = make_job(pm, model, frames, cache=cache, steps=args.steps, batch_size=4,
-                               editor=editor,
-                               params={"inversion": {"prompt": SOURCE}, "editor": {"prompt": target}},
-                               options=options)
-                results = job.run()
+                results = edit(pm, model, frames, cache, args.steps, editor, target, options)
                 edited = np.asarray(zarr.open_group(str(results["blender"].path), mode="r")
                                     ["frames"][...])
                 if reference is None:

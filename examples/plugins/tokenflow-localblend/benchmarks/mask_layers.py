@@ -16,13 +16,11 @@ stages are computed once and shared.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
 import numpy as np
 
-SOURCE = "a red ball on wood"
 TARGET = "a blue ball on sand"
 
 
@@ -48,20 +46,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
+    from embedded import edit, setup  # this folder (the script's own, on sys.path)
+
+    pm, model = setup(args.threads)
+    import tokenflow_localblend.editor as plugin
     import zarr
 
-    torch.set_num_threads(args.threads)
-    import tokenflow_localblend.editor as plugin
-    from tokenflow import load_model
-    from tokenflow.manager import make_plugin_manager
-    from tokenflow.testing import make_job
-
-    pm = make_plugin_manager()
-    if not pm.is_registered(plugin):
-        pm.register(plugin, name="tokenflow_localblend.editor")
-    model = load_model(None, device="cpu")
     frames, balls = rolling_ball(args.frames, args.size)
     f = model.vae_scale_factor
     g = args.size // f
@@ -84,12 +74,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tf-mask-layers-") as cache:
         for label, prefixes in entries:
             start = time.perf_counter()
-            job = make_job(pm, model, frames, cache=cache, steps=args.steps, batch_size=4,
-                           editor="localblend",
-                           params={"inversion": {"prompt": SOURCE}, "editor": {"prompt": TARGET}},
-                           options=[("editor.words", "ball"), ("editor.threshold", "0.5"),
-                                    ("editor.dilate", "0"), ("editor.mask_from", prefixes)])
-            results = job.run()
+            results = edit(pm, model, frames, cache, args.steps, "localblend", TARGET,
+                           [("editor.words", "ball"), ("editor.threshold", "0.5"),
+                            ("editor.dilate", "0"), ("editor.mask_from", prefixes)])
             masks = np.asarray(zarr.open_group(str(results["editor"].path), mode="r")["mask"][...]) > 0.5
             per_step = [np.mean([iou(m, c) for m, c in zip(step, cells, strict=True)])
                         for step in masks]
