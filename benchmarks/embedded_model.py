@@ -169,17 +169,6 @@ def pnp_edits(model_arg: str | None, n: int) -> dict[str, float]:
     return {**{k: v / n for k, v in right.items()}, "iou": float(np.mean(ious))}
 
 
-def count_rows(count: dict[str, float], n: int) -> list[tuple[str, str, str]]:
-    return [(f"object count as captioned ({n} non-square samples, 1-3 objects)",
-             f"{100 * count['count']:.1f} %", ">= 90 %"),
-            ("count misses: more objects than captioned (of them, the largest extra one of "
-             f">= {WHOLE_PIXELS} px) / fewer",
-             f"{100 * count['over']:.1f} % ({100 * count['over_whole']:.1f} %) / "
-             f"{100 * count['under']:.1f} %", ""),
-            (f"object count counting only objects of >= {WHOLE_PIXELS} px",
-             f"{100 * count['count_whole']:.1f} %", "")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="a diffusers dir (default: the embedded model)")
@@ -195,37 +184,37 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model, device="cpu", dtype=torch.float32)
     q = 4 if args.quick else 1
+    n = 128 // q
     rows = []
     t = time.time()
-    if args.count_only:
-        n = 128 // q
-        rows += count_rows(count_following(model, n, args.guidance), n)
-        print_table(model, rows, t)
-        return
-    rows.append(("VAE reconstruction PSNR (held-out frames, 8 shapes)",
-                 f"{vae_psnr(model, 256 // q):.2f} dB", ">= 28 dB"))
-    rows.append(("DDIM inversion + regeneration PSNR (50 steps)",
-                 f"{inversion_psnr(model, 32 // q):.2f} dB", ">= 25 dB"))
-    n = 128 // q
-    caption = caption_following(model, n, args.guidance)
-    rows.append((f"caption colour accuracy ({n} one-object samples, CFG {args.guidance:g})",
-                 f"{100 * caption['colour']:.1f} %", ">= 90 %"))
-    rows.append(("caption texture-kind accuracy (same samples)", f"{100 * caption['texture']:.1f} %",
-                 ">= 80 %"))
-    rows.append(("caption background accuracy (same samples)", f"{100 * caption['background']:.1f} %",
-                 ">= 90 %"))
-    rows += count_rows(count_following(model, n, args.guidance), n)
-    if not args.skip_edits:
+    if not args.count_only:
+        rows.append(("VAE reconstruction PSNR (held-out frames, 8 shapes)",
+                     f"{vae_psnr(model, 256 // q):.2f} dB", ">= 28 dB"))
+        rows.append(("DDIM inversion + regeneration PSNR (50 steps)",
+                     f"{inversion_psnr(model, 32 // q):.2f} dB", ">= 25 dB"))
+        caption = caption_following(model, n, args.guidance)
+        rows.append((f"caption colour accuracy ({n} one-object samples, CFG {args.guidance:g})",
+                     f"{100 * caption['colour']:.1f} %", ">= 90 %"))
+        rows.append(("caption texture-kind accuracy (same samples)",
+                     f"{100 * caption['texture']:.1f} %", ">= 80 %"))
+        rows.append(("caption background accuracy (same samples)",
+                     f"{100 * caption['background']:.1f} %", ">= 90 %"))
+    count = count_following(model, n, args.guidance)
+    rows.append((f"object count as captioned ({n} non-square samples, 1-3 objects)",
+                 f"{100 * count['count']:.1f} %", ">= 90 %"))
+    rows.append(("count misses: more objects than captioned (of them, the largest extra one of "
+                 f">= {WHOLE_PIXELS} px) / fewer",
+                 f"{100 * count['over']:.1f} % ({100 * count['over_whole']:.1f} %) / "
+                 f"{100 * count['under']:.1f} %", ""))
+    rows.append((f"object count counting only objects of >= {WHOLE_PIXELS} px",
+                 f"{100 * count['count_whole']:.1f} %", ""))
+    if not (args.skip_edits or args.count_only):
         edits = pnp_edits(args.model, 40 // q)
         rows.append(("PnP edit of single frames: target colour", f"{100 * edits['colour']:.1f} %", ""))
         rows.append(("same edits: target texture kind", f"{100 * edits['texture']:.1f} %", ""))
         rows.append(("same edits: object mask IoU >= 0.8 with the source",
                      f"{100 * edits['kept']:.1f} % (mean IoU {edits['iou']:.3f})", ""))
-    print_table(model, rows, t)
-
-
-def print_table(model, rows: list[tuple[str, str, str]], start: float) -> None:
-    print(f"embedded model quality: {model.label}; {time.time() - start:.0f} s on "
+    print(f"embedded model quality: {model.label}; {time.time() - t:.0f} s on "
           f"{torch.get_num_threads()} threads\n")
     print("| measure | value | target |")
     print("|---|---|---|")

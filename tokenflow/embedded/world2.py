@@ -12,8 +12,8 @@ alone. The geometry is exact and public: :meth:`Camera.to_world` and :meth:`Came
 :meth:`Thing.local` and :meth:`Thing.world`, :meth:`Scene.owner` (which object is seen at a point),
 so a clip's true optical flow can be computed (``examples/motion_clips.py``).
 
-Every background is unsaturated and every object saturated, so the checks of :mod:`tokenflow.embedded.world2_checks` read a frame by rules, with no learned
-model.
+Every background is unsaturated and every object saturated, so the checks of
+:mod:`tokenflow.embedded.world2_checks` read a frame by rules, with no learned model.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ Run from this package's folder (``tokenflow_localblend`` importable) with tokenf
 On tokenflow's embedded model, a clip of its world (a red ball rolling on wood, ``size`` pixels
 square) is edited to "a blue ball on sand" with ``words=ball``, ``threshold 0.5`` and ``dilate
 0``, once per entry of ``mask_from``: each cross-attention layer of the UNet alone, each decoder
-level, the two finest decoder levels with cross-attention, the default, and all layers. The editor keeps every step's mask in its cache entry; the
-table gives its IoU with the ball's latent cells (a cell is the ball's when at least half its
-pixels are), over every step and frame, at the first (noisiest) step and at the last. Upstream
+level, the two finest decoder levels with cross-attention, the default, and all layers. The
+editor keeps every step's mask in its cache entry; the table gives its IoU with the ball's latent
+cells (a cell is the ball's when at least half its pixels are), over every step and frame, at the
+first (noisiest) step and at the last. Upstream
 stages are computed once and shared.
 """
 
